@@ -1,0 +1,131 @@
+"""Weight initialisers of He et al. 2015, Sec. 2.2, and the Xavier/Glorot baselines.
+
+Kernels are laid out HWIO (conv) or `(in, out)` (dense), so for a kernel of shape
+`(k, k, c_in, c_out)` the fan-in is n = k*k*c_in and the fan-out is n_hat = k*k*c_out.
+
+Each public factory returns a JAX initializer `(key, shape, dtype) -> array`. The registry
+(`get`, `NAMES`) lets configs name a scheme (`init="he_fan_out"`) and turn one global variance
+`scale`, the knob that init-variance sweeps explore (a per-layer factor beta compounds to
+beta^L through depth, Sec. 2.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+FanMode = Literal["fan_in", "fan_out", "fan_avg"]
+Distribution = Literal["normal", "truncated_normal", "uniform"]
+
+# std of a standard normal truncated to [-2, 2]; dividing by it restores unit variance.
+_TRUNCATED_STD = 0.87962566103423978
+DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
+FAN_MODES = ("fan_in", "fan_out", "fan_avg")
+
+
+def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
+    """(fan_in, fan_out) of an HWIO or (in, out) kernel: receptive field times channels."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(
+            f"a kernel initializer needs a shape of rank >= 2 (HWIO conv kernel or (in, out) "
+            f"dense kernel), got shape {shape}"
+        )
+    receptive = math.prod(shape[:-2])
+    return receptive * shape[-2], receptive * shape[-1]
+
+
+def _sample(key: jax.Array, shape: Sequence[int], dtype, std: float, distribution: str):
+    """Zero-mean draw with standard deviation `std` from the named distribution family."""
+    if distribution == "normal":
+        unit = jax.random.normal(key, shape, jnp.float32)
+    elif distribution == "truncated_normal":
+        unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) / _TRUNCATED_STD
+    elif distribution == "uniform":
+        # U(-sqrt(3), sqrt(3)) has unit variance.
+        unit = jax.random.uniform(key, shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
+    else:
+        raise ValueError(f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    return (unit * std).astype(dtype)
+
+
+def variance_scaling(
+    gain: float, mode: FanMode = "fan_in", distribution: Distribution = "normal"
+) -> Initializer:
+    """Var[w] = gain / n, with n the fan-in, fan-out or their average."""
+    if mode not in FAN_MODES:
+        raise ValueError(f"unknown fan mode {mode!r}; valid: {', '.join(FAN_MODES)}")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        fan_in, fan_out = compute_fans(shape)
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        return _sample(key, shape, dtype, math.sqrt(gain / n), distribution)
+
+    return init
+
+
+def he_normal(
+    mode: FanMode = "fan_in",
+    slope: float = 0.0,
+    scale: float = 1.0,
+    distribution: Distribution = "normal",
+) -> Initializer:
+    """He initialisation: std = sqrt(scale * 2 / ((1 + slope^2) * n)).
+
+    `mode="fan_in"` is the forward condition, Eq. (10); `"fan_out"` the backward one, Eq. (14),
+    used for the large models A/B/C. `slope` is the PReLU slope at init, Eq. (15) (0 = ReLU).
+    `distribution="normal"` is untruncated (the paper, Caffe's MSRAFiller, PyTorch's
+    kaiming_normal_); `"truncated_normal"` is JAX's and Keras's ±2σ form at the same variance.
+    """
+    return variance_scaling(scale * 2.0 / (1.0 + slope**2), mode, distribution)
+
+
+def xavier_normal(scale: float = 1.0, mode: FanMode = "fan_in") -> Initializer:
+    """The paper's "Xavier" baseline: n * Var[w] = 1 (fan-in), zero-mean Gaussian."""
+    return variance_scaling(scale, mode, "normal")
+
+
+def glorot_uniform(scale: float = 1.0) -> Initializer:
+    """Glorot & Bengio's own form: Var[w] = 2 / (fan_in + fan_out), drawn uniformly."""
+    return variance_scaling(scale, "fan_avg", "uniform")
+
+
+def fixed_normal(std: float, scale: float = 1.0) -> Initializer:
+    """Zero-mean Gaussian with a fixed std (the paper's large-model fc layers: 0.01, 0.001)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return _sample(key, shape, dtype, std * math.sqrt(scale), "normal")
+
+    return init
+
+
+# name -> factory(scale, slope) -> Initializer. `slope` is the activation's initial negative
+# slope; only `he_prelu` (Eq. 15) uses it.
+_REGISTRY: dict[str, Callable[[float, float], Initializer]] = {
+    "he_fan_in": lambda scale, slope: he_normal("fan_in", 0.0, scale),
+    "he_fan_out": lambda scale, slope: he_normal("fan_out", 0.0, scale),
+    "he_prelu": lambda scale, slope: he_normal("fan_in", slope, scale),
+    "he_fan_in_truncated": lambda scale, slope: he_normal("fan_in", 0.0, scale, "truncated_normal"),
+    "xavier": lambda scale, slope: xavier_normal(scale),
+    "glorot_uniform": lambda scale, slope: glorot_uniform(scale),
+}
+NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get(name: str, *, scale: float = 1.0, slope: float = 0.0) -> Initializer:
+    """Initializer by registry name, with its variance multiplied by `scale`.
+
+    `slope` is the activation's initial negative slope (0.25 for PReLU), used by `he_prelu`.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown initializer {name!r}; valid: {', '.join(NAMES)}")
+    if not scale > 0:
+        raise ValueError(f"initializer variance scale must be > 0, got {scale}")
+    return _REGISTRY[name](scale, slope)

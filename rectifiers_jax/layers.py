@@ -1,0 +1,112 @@
+"""Rectifier layers and spatial pyramid pooling (He et al. 2015, Sec. 2.1; SPP-net).
+
+All layers take channels-last inputs (NHWC for images, [B, C] for dense activations).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class PReLU(nn.Module):
+    """Parametric ReLU, paper Eq. (1): f(y) = y if y > 0 else a * y.
+
+    Attributes:
+      shared: one scalar `a` for the layer (channel-shared) instead of one per channel
+        (channel-wise, the last axis).
+      a_init: initial slope; the paper uses 0.25 and never clips `a`.
+
+    The parameter is named `a` (shape `()` shared, `(C,)` channel-wise) and stored as float32;
+    the computation follows the input dtype. Using `y > 0` as the branch test makes the
+    derivative at exactly 0 equal to `a`, as in PyTorch and Caffe, and gives
+    dE/da = sum_{y <= 0} dE/df * y (paper Eq. 2), summed over channels when shared (Eq. 3).
+    """
+
+    shared: bool = False
+    a_init: float = 0.25
+
+    @nn.compact
+    def __call__(self, y: jnp.ndarray) -> jnp.ndarray:
+        if y.ndim < 1:
+            raise ValueError(f"PReLU needs an input of rank >= 1 with channels last, got shape {y.shape}")
+        shape = () if self.shared else (y.shape[-1],)
+        a = self.param("a", nn.initializers.constant(self.a_init), shape, jnp.float32)
+        return jnp.where(y > 0, y, a.astype(y.dtype) * y)
+
+
+class LeakyReLU(nn.Module):
+    """Leaky ReLU: PReLU with a fixed slope and no parameters (Maas et al. use 0.01)."""
+
+    slope: float = 0.01
+
+    @nn.compact
+    def __call__(self, y: jnp.ndarray) -> jnp.ndarray:
+        return jnp.where(y > 0, y, jnp.asarray(self.slope, y.dtype) * y)
+
+
+class ReLU(nn.Module):
+    """max(0, y) as a module, so every activation slot of a model is a named submodule."""
+
+    @nn.compact
+    def __call__(self, y: jnp.ndarray) -> jnp.ndarray:
+        return nn.relu(y)
+
+
+SppBins = Literal["spp_net", "adaptive"]
+
+
+def spp_bin_edges(size: int, bins: int, mode: SppBins = "spp_net") -> list[tuple[int, int]]:
+    """Half-open [start, end) pixel ranges of `bins` pooling bins along one axis of length `size`.
+
+    `spp_net`: window ceil(size/n), stride floor(size/n), as in SPP-net (He et al. 2014) and the
+    paper; for some sizes (e.g. 14 with n = 3) its last bin stops short of the edge.
+    `adaptive`: bin i covers [floor(i*size/n), ceil((i+1)*size/n)), so every position is
+    pooled; it equals `spp_net` whenever n divides the size (e.g. net14's 18x18 map).
+    """
+    if size < bins:
+        raise ValueError(f"an SPP level of {bins} bins needs at least {bins} positions, got {size}")
+    if mode == "spp_net":
+        window, stride = math.ceil(size / bins), size // bins
+        return [(i * stride, min(i * stride + window, size)) for i in range(bins)]
+    if mode == "adaptive":
+        return [((i * size) // bins, math.ceil((i + 1) * size / bins)) for i in range(bins)]
+    raise ValueError(f"unknown SPP bin mode {mode!r}; valid: 'spp_net', 'adaptive'")
+
+
+class SpatialPyramidPooling(nn.Module):
+    """Max-pooled spatial pyramid (SPP-net): fixed-length features from any map size.
+
+    Input `[B, H, W, C]` with H, W >= max(levels); output `[B, sum(n*n for n in levels) * C]`,
+    level by level, each level's `n x n` bins in row-major order with channels innermost.
+    """
+
+    levels: Sequence[int] = (6, 3, 2, 1)
+    bins: SppBins = "spp_net"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if x.ndim != 4:
+            raise ValueError(f"SpatialPyramidPooling needs [B, H, W, C] input, got shape {x.shape}")
+        height, width = x.shape[1], x.shape[2]
+        largest = max(self.levels)
+        if min(height, width) < largest:
+            raise ValueError(
+                f"SPP level {largest} needs a feature map of at least {largest}x{largest}, "
+                f"got {height}x{width}"
+            )
+        pooled = []
+        for n in self.levels:
+            # Separable max: reduce row bins, then column bins; exact for rectangular bins.
+            rows = jnp.stack(
+                [x[:, a:b].max(axis=1) for a, b in spp_bin_edges(height, n, self.bins)], axis=1
+            )
+            grid = jnp.stack(
+                [rows[:, :, a:b].max(axis=2) for a, b in spp_bin_edges(width, n, self.bins)], axis=2
+            )
+            pooled.append(grid.reshape(x.shape[0], -1))
+        return jnp.concatenate(pooled, axis=-1)

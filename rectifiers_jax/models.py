@@ -1,0 +1,378 @@
+"""The paper's models: the 14-layer SPP net (Table 1), its 30-layer extension (Fig. 3) and the
+large models A, B and C (Table 3), all as one spec-driven `SPPNet`.
+
+Every model is convolutions and max pools, a spatial pyramid pooling layer, and three fc layers.
+Layer names follow the paper's tables (`conv1`, `conv2_1`, ..., `fc1`, `fc2`, `fc3`). Each
+activated layer records its pre-activation response y_l (paper Eqs. 9, 13) as
+`intermediates/<layer>/response` and exposes a zero perturbation of it
+(`perturbations/<layer>/response`) whose gradient is dE/dy_l; both cost nothing unless asked for.
+
+Choices where the paper is open (all are `build` options):
+  * net14 padding (`conv_padding`): conv1 unpadded (224 -> 109), pool1 3x3/3 (-> 36), the 2x2
+    convs alternate pad 0 / pad 1 (35, 36, 35, 36), pool2 2x2/2 (-> 18), so the stages run at
+    36x36 and 18x18 as in model E. `"same"` keeps every 2x2 conv size-preserving instead.
+  * pool type (`pool_type`): max, the natural reading of the tables; `"avg"` is offered.
+  * dropout (`dropout_rate`): 50% after fc1 and fc2 for every model (the paper states it for
+    A/B/C; we use the same for net14 and net30).
+  * the last fc layer is initialised like the others unless `fc_std` is given (the paper's large
+    models use 0.01, 0.01, 0.001 for fc1..fc3 because their inputs span about [-128, 128]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rectifiers_jax import initializers
+from rectifiers_jax.layers import LeakyReLU, PReLU, ReLU, SpatialPyramidPooling, spp_bin_edges
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A convolution + activation. `padding` is symmetric pixels per side, or "SAME"."""
+
+    name: str
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int | str = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A pooling layer (max unless the model's `pool_type` says otherwise)."""
+
+    name: str
+    window: int
+    stride: int
+    padding: int | str = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Layer list up to the SPP layer, hidden fc widths and the SPP pyramid."""
+
+    name: str
+    layers: tuple[Conv | Pool, ...]
+    fc_features: tuple[int, ...] = (4096, 4096)
+    spp_levels: tuple[int, ...] = (6, 3, 2, 1)
+    default_image_size: int = 224
+
+
+def _padding(padding: int | str) -> Any:
+    return padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int | str) -> int:
+    if padding == "SAME":
+        return math.ceil(size / stride)
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _activation(kind: str | None, *, lrelu_slope: float, a_init: float) -> nn.Module | None:
+    if kind is None:
+        return None
+    if kind == "relu":
+        return ReLU(name="act")
+    if kind == "lrelu":
+        return LeakyReLU(slope=lrelu_slope, name="act")
+    if kind == "prelu":
+        return PReLU(shared=False, a_init=a_init, name="act")
+    if kind == "prelu_shared":
+        return PReLU(shared=True, a_init=a_init, name="act")
+    raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+ACTIVATIONS = ("relu", "lrelu", "prelu", "prelu_shared")
+
+
+def initial_slope(activation: str, *, lrelu_slope: float = 0.01, a_init: float = 0.25) -> float:
+    """Negative slope of an activation at initialisation (the `a` of paper Eq. 15)."""
+    return {"relu": 0.0, "lrelu": lrelu_slope, "prelu": a_init, "prelu_shared": a_init}[activation]
+
+
+class _Layer(nn.Module):
+    """Shared tail of conv and fc layers: bias, response probes, activation."""
+
+    def respond(self, y: jnp.ndarray, activation: str | None, **act_kwargs) -> jnp.ndarray:
+        y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(y.dtype)
+        if activation is None:
+            return y
+        # The probes let analysis read Var[y_l] (Eq. 9) and dE/dy_l (Eq. 13) without changing
+        # the forward pass; perturb adds zeros and sow stores only when its collection is mutable.
+        y = self.perturb("response", y)
+        self.sow("intermediates", "response", y)
+        return _activation(activation, **act_kwargs)(y)
+
+
+class ConvLayer(_Layer):
+    """k x k convolution (HWIO kernel named `kernel`) + bias + activation, NHWC."""
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int | str
+    kernel_init: initializers.Initializer
+    activation: str | None
+    lrelu_slope: float = 0.01
+    a_init: float = 0.25
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        y = lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            (self.stride, self.stride),
+            _padding(self.padding),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return self.respond(y, self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+
+
+class DenseLayer(_Layer):
+    """Fully connected layer ((in, out) kernel named `kernel`) + bias + optional activation."""
+
+    features: int
+    kernel_init: initializers.Initializer
+    activation: str | None
+    lrelu_slope: float = 0.01
+    a_init: float = 0.25
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        y = x @ kernel.astype(x.dtype)
+        return self.respond(y, self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+
+
+class PoolLayer(nn.Module):
+    """Max or average pooling over `window x window` with the given stride, NHWC."""
+
+    window: int
+    stride: int
+    padding: int | str
+    kind: str = "max"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        pool = {"max": nn.max_pool, "avg": nn.avg_pool}[self.kind]
+        return pool(x, (self.window,) * 2, (self.stride,) * 2, _padding(self.padding))
+
+
+class SPPNet(nn.Module):
+    """Convs/pools -> SPP -> fc1 -> fc2 -> fc3 (logits), as in the paper's Tables 1 and 3.
+
+    Input `[B, H, W, 3]` float images; output `[B, num_classes]` float32 logits.
+    """
+
+    architecture: Architecture
+    num_classes: int = 1000
+    activation: str = "relu"
+    lrelu_slope: float = 0.01
+    a_init: float = 0.25
+    init_scheme: str = "he_fan_in"
+    init_scale: float = 1.0
+    layer_scales: tuple[tuple[str, float], ...] = ()
+    fc_std: tuple[float, float, float] | None = None
+    dropout_rate: float = 0.5
+    spp_bins: str = "spp_net"
+    pool_type: str = "max"
+    dtype: Any = jnp.float32
+
+    def kernel_init(self, layer: str, index: int | None = None) -> initializers.Initializer:
+        """Initializer of one layer's kernel: the named scheme times the global and per-layer scale."""
+        scale = self.init_scale * dict(self.layer_scales).get(layer, 1.0)
+        if index is not None and self.fc_std is not None:
+            return initializers.fixed_normal(self.fc_std[index], scale)
+        slope = initial_slope(self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        return initializers.get(self.init_scheme, scale=scale, slope=slope)
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if x.ndim != 4:
+            raise ValueError(f"{self.architecture.name} needs [B, H, W, C] images, got shape {x.shape}")
+        check_image_size(self.architecture, x.shape[1], x.shape[2], self.spp_bins)
+        act = dict(lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        x = x.astype(self.dtype)
+        for layer in self.architecture.layers:
+            if isinstance(layer, Conv):
+                x = ConvLayer(
+                    layer.features, layer.kernel, layer.stride, layer.padding,
+                    self.kernel_init(layer.name), self.activation, name=layer.name, **act,
+                )(x)
+            else:
+                x = PoolLayer(layer.window, layer.stride, layer.padding, self.pool_type, name=layer.name)(x)
+        x = SpatialPyramidPooling(self.architecture.spp_levels, self.spp_bins, name="spp")(x)
+        for i, features in enumerate(self.architecture.fc_features):
+            name = f"fc{i + 1}"
+            x = DenseLayer(features, self.kernel_init(name, i), self.activation, name=name, **act)(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        name = f"fc{len(self.architecture.fc_features) + 1}"
+        last = len(self.architecture.fc_features)
+        x = DenseLayer(self.num_classes, self.kernel_init(name, last), None, name=name, **act)(x)
+        return x.astype(jnp.float32)
+
+
+def feature_map_size(architecture: Architecture, image_size: int) -> int:
+    """Side of the last conv map (the SPP input) for a square image of `image_size` pixels."""
+    size = image_size
+    for layer in architecture.layers:
+        kernel = layer.kernel if isinstance(layer, Conv) else layer.window
+        size = _output_size(size, kernel, layer.stride, layer.padding)
+        if size < 1:
+            return 0
+    return size
+
+
+def min_image_size(architecture: Architecture, bins: str = "spp_net") -> int:
+    """Smallest square input whose last conv map fits the largest SPP level."""
+    largest = max(architecture.spp_levels)
+    size = 1
+    while feature_map_size(architecture, size) < largest:
+        size += 1
+    return size
+
+
+def check_image_size(architecture: Architecture, height: int, width: int, bins: str = "spp_net") -> None:
+    """One-line error naming the smallest input that works when the map is below the SPP levels."""
+    for side in (height, width):
+        if feature_map_size(architecture, side) < max(architecture.spp_levels):
+            raise ValueError(
+                f"{architecture.name}: a {height}x{width} image gives a "
+                f"{feature_map_size(architecture, side)}-pixel last conv map, smaller than SPP "
+                f"level {max(architecture.spp_levels)}; the smallest input image that works is "
+                f"{min_image_size(architecture, bins)}x{min_image_size(architecture, bins)}"
+            )
+    for level in architecture.spp_levels:
+        spp_bin_edges(feature_map_size(architecture, min(height, width)), level, bins)
+
+
+def _scaled(features: int, width: float) -> int:
+    return max(1, round(features * width))
+
+
+def _net_small(name: str, extra_stage3: int, width: float, conv_padding: str, spp_levels) -> Architecture:
+    """net14 (Table 1) with `extra_stage3` more 2x2, 256 convs (16 for net30)."""
+
+    def pad(i: int) -> int | str:
+        # alternate pad 0 / pad 1 keeps the stages at ~36x36 and ~18x18 (model E)
+        if conv_padding == "alternate":
+            return i % 2
+        if conv_padding == "same":
+            return "SAME"
+        raise ValueError(f"unknown conv_padding {conv_padding!r}; valid: 'alternate', 'same'")
+
+    layers: list[Conv | Pool] = [Conv("conv1", _scaled(64, width), 7, 2, 0), Pool("pool1", 3, 3)]
+    layers += [Conv(f"conv2_{i + 1}", _scaled(128, width), 2, 1, pad(i)) for i in range(4)]
+    layers.append(Pool("pool2", 2, 2))
+    layers += [Conv(f"conv3_{i + 1}", _scaled(256, width), 2, 1, pad(i)) for i in range(6 + extra_stage3)]
+    fc = (_scaled(4096, width), _scaled(4096, width))
+    return Architecture(name, tuple(layers), fc, tuple(spp_levels or (6, 3, 2, 1)))
+
+
+def _net_large(name: str, depth_per_stage: int, widths: Sequence[int], width: float, spp_levels) -> Architecture:
+    """Models A/B/C (Table 3): conv1 7x7/2, then three 3x3 'same' stages at 56, 28, 14."""
+    layers: list[Conv | Pool] = [Conv("conv1", _scaled(96, width), 7, 2, 3), Pool("pool1", 2, 2)]
+    for stage, features in enumerate(widths, start=2):
+        layers += [
+            Conv(f"conv{stage}_{i + 1}", _scaled(features, width), 3, 1, 1) for i in range(depth_per_stage)
+        ]
+        if stage < 1 + len(widths):
+            layers.append(Pool(f"pool{stage}", 2, 2))
+    fc = (_scaled(4096, width), _scaled(4096, width))
+    return Architecture(name, tuple(layers), fc, tuple(spp_levels or (7, 3, 2, 1)))
+
+
+_ARCHITECTURES = {
+    "net14": lambda width, padding, spp: _net_small("net14", 0, width, padding, spp),
+    "net30": lambda width, padding, spp: _net_small("net30", 16, width, padding, spp),
+    "model_a": lambda width, padding, spp: _net_large("model_a", 5, (256, 512, 512), width, spp),
+    "model_b": lambda width, padding, spp: _net_large("model_b", 6, (256, 512, 512), width, spp),
+    "model_c": lambda width, padding, spp: _net_large("model_c", 6, (384, 768, 896), width, spp),
+}
+NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
+
+
+def build(
+    name: str,
+    *,
+    activation: str = "relu",
+    num_classes: int = 1000,
+    width: float = 1.0,
+    init: str = "he_fan_in",
+    conv_padding: str = "alternate",
+    spp_levels: Sequence[int] | None = None,
+    layer_scales: dict[str, float] | None = None,
+    fc_std: Sequence[float] | None = None,
+    dtype: Any = jnp.float32,
+    **options: Any,
+) -> SPPNet:
+    """A paper model by name.
+
+    Args:
+      name: one of `NAMES` ("net14", "net30", "model_a", "model_b", "model_c").
+      activation: "relu", "lrelu" (slope `lrelu_slope`), "prelu" (channel-wise) or
+        "prelu_shared".
+      num_classes: width of fc3.
+      init: initializer name from `initializers.NAMES` for every conv and fc kernel.
+      width: multiplier on every conv and hidden fc width (1.0 = the paper's).
+      conv_padding: net14/net30 2x2 conv padding, "alternate" (default) or "same".
+      spp_levels: SPP pyramid; default {6,3,2,1} (net14/30) or {7,3,2,1} (A/B/C).
+      layer_scales: per-layer variance factors on top of `init_scale`, e.g. {"conv1": 2.0}.
+      fc_std: fixed Gaussian stds for fc1..fc3 instead of the named init.
+      dtype: compute dtype of activations (float32 or bfloat16); parameters stay float32.
+      **options: further `SPPNet` fields: init_scale, dropout_rate, lrelu_slope, a_init,
+        spp_bins ("spp_net" or "adaptive"), pool_type ("max" or "avg").
+    """
+    if name not in _ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(NAMES)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    fields = {f.name for f in dataclasses.fields(SPPNet)} - {"architecture", "parent", "name", "init_scheme"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    if init not in initializers.NAMES:
+        raise ValueError(f"unknown initializer {init!r}; valid: {', '.join(initializers.NAMES)}")
+    if options.get("pool_type", "max") not in ("max", "avg"):
+        raise ValueError(f"unknown pool_type {options['pool_type']!r}; valid: 'max', 'avg'")
+    if fc_std is not None and len(fc_std) != 3:
+        raise ValueError(f"fc_std needs 3 stds (fc1, fc2, fc3), got {tuple(fc_std)}")
+    if not width > 0:
+        raise ValueError(f"width multiplier must be > 0, got {width}")
+    architecture = _ARCHITECTURES[name](width, conv_padding, spp_levels)
+    layer_names = {layer.name for layer in architecture.layers} | {"fc1", "fc2", "fc3"}
+    bad_layers = sorted(set(layer_scales or {}) - layer_names)
+    if bad_layers:
+        raise ValueError(f"layer_scales names unknown layer(s) {', '.join(bad_layers)} of {name}")
+    return SPPNet(
+        architecture,
+        num_classes=num_classes,
+        activation=activation,
+        init_scheme=init,
+        layer_scales=tuple(sorted((layer_scales or {}).items())),
+        fc_std=None if fc_std is None else tuple(fc_std),
+        dtype=jnp.dtype(dtype),
+        **options,
+    )
+
+
+def init_params(model: SPPNet, key: jax.Array, image_size: int) -> dict:
+    """Float32 parameters of `model` for square `image_size` inputs (the `params` collection)."""
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return model.init({"params": key}, x, train=False)["params"]
+
+
+def activated_layers(model: SPPNet) -> list[str]:
+    """Names of the layers followed by an activation, in depth order (13 for net14)."""
+    convs = [layer.name for layer in model.architecture.layers if isinstance(layer, Conv)]
+    return convs + [f"fc{i + 1}" for i in range(len(model.architecture.fc_features))]
