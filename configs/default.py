@@ -32,8 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.pool_type = "max"
     config.model.lrelu_slope = 0.01
     config.model.a_init = 0.25
-    # Fixed Gaussian stds for fc1..fc3 (the paper's large models: (0.01, 0.01, 0.001)); None: init.
-    config.model.fc_std = ml_collections.FieldReference(None, field_type=tuple)
+    # Fixed Gaussian stds for fc1..fc3 instead of `init` (None). As in the paper's large models:
+    # inputs span about [-128, 128], and He-initialised fc layers would start with logits in
+    # the hundreds and diverge at lr 0.01 (they do here at step 3).
+    config.model.fc_std = ml_collections.FieldReference((0.01, 0.01, 0.001), field_type=tuple)
     config.model.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()

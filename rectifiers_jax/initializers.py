@@ -50,7 +50,9 @@ def _sample(key: jax.Array, shape: Sequence[int], dtype, std: float, distributio
         # U(-sqrt(3), sqrt(3)) has unit variance.
         unit = jax.random.uniform(key, shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
     else:
-        raise ValueError(f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        raise ValueError(
+            f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
+        )
     return (unit * std).astype(dtype)
 
 
@@ -61,7 +63,9 @@ def variance_scaling(
     if mode not in FAN_MODES:
         raise ValueError(f"unknown fan mode {mode!r}; valid: {', '.join(FAN_MODES)}")
     if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        raise ValueError(
+            f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
+        )
 
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
         fan_in, fan_out = compute_fans(shape)

@@ -33,7 +33,9 @@ class PReLU(nn.Module):
     @nn.compact
     def __call__(self, y: jnp.ndarray) -> jnp.ndarray:
         if y.ndim < 1:
-            raise ValueError(f"PReLU needs an input of rank >= 1 with channels last, got shape {y.shape}")
+            raise ValueError(
+                f"PReLU needs an input of rank >= 1 with channels last, got shape {y.shape}"
+            )
         shape = () if self.shared else (y.shape[-1],)
         a = self.param("a", nn.initializers.constant(self.a_init), shape, jnp.float32)
         return jnp.where(y > 0, y, a.astype(y.dtype) * y)

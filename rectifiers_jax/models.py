@@ -102,7 +102,9 @@ class _Layer(nn.Module):
     """Shared tail of conv and fc layers: bias, response probes, activation."""
 
     def respond(self, y: jnp.ndarray, activation: str | None, **act_kwargs) -> jnp.ndarray:
-        y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(y.dtype)
+        y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(
+            y.dtype
+        )
         if activation is None:
             return y
         # The probes let analysis read Var[y_l] (Eq. 9) and dE/dy_l (Eq. 13) without changing
@@ -127,7 +129,9 @@ class ConvLayer(_Layer):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         k = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32
+        )
         y = lax.conv_general_dilated(
             x,
             kernel.astype(x.dtype),
@@ -189,7 +193,7 @@ class SPPNet(nn.Module):
     dtype: Any = jnp.float32
 
     def kernel_init(self, layer: str, index: int | None = None) -> initializers.Initializer:
-        """Initializer of one layer's kernel: the named scheme times the global and per-layer scale."""
+        """One layer's kernel initializer: the named scheme times global and per-layer scales."""
         scale = self.init_scale * dict(self.layer_scales).get(layer, 1.0)
         if index is not None and self.fc_std is not None:
             return initializers.fixed_normal(self.fc_std[index], scale)
@@ -197,29 +201,67 @@ class SPPNet(nn.Module):
         return initializers.get(self.init_scheme, scale=scale, slope=slope)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, window: int | None = None
+    ) -> jnp.ndarray:
+        """Logits `[B, num_classes]`; with `window`, logits of every window of the last conv map.
+
+        `window` (in map pixels) is the paper's multi-view testing on feature maps (Sec. 3.3 of
+        SPP-net): the convolutions run once on the whole image, then SPP and the fc layers run
+        on every `window x window` sub-map at stride 1, giving `[B, n_rows, n_cols, num_classes]`.
+        """
         if x.ndim != 4:
-            raise ValueError(f"{self.architecture.name} needs [B, H, W, C] images, got shape {x.shape}")
+            raise ValueError(
+                f"{self.architecture.name} needs [B, H, W, C] images, got shape {x.shape}"
+            )
         check_image_size(self.architecture, x.shape[1], x.shape[2], self.spp_bins)
         act = dict(lrelu_slope=self.lrelu_slope, a_init=self.a_init)
         x = x.astype(self.dtype)
         for layer in self.architecture.layers:
             if isinstance(layer, Conv):
                 x = ConvLayer(
-                    layer.features, layer.kernel, layer.stride, layer.padding,
-                    self.kernel_init(layer.name), self.activation, name=layer.name, **act,
+                    layer.features,
+                    layer.kernel,
+                    layer.stride,
+                    layer.padding,
+                    self.kernel_init(layer.name),
+                    self.activation,
+                    name=layer.name,
+                    **act,
                 )(x)
             else:
-                x = PoolLayer(layer.window, layer.stride, layer.padding, self.pool_type, name=layer.name)(x)
+                x = PoolLayer(
+                    layer.window, layer.stride, layer.padding, self.pool_type, name=layer.name
+                )(x)
+        grid: tuple[int, ...] = ()
+        if window is not None:
+            x, grid = sliding_windows(x, window)
         x = SpatialPyramidPooling(self.architecture.spp_levels, self.spp_bins, name="spp")(x)
         for i, features in enumerate(self.architecture.fc_features):
             name = f"fc{i + 1}"
-            x = DenseLayer(features, self.kernel_init(name, i), self.activation, name=name, **act)(x)
+            x = DenseLayer(features, self.kernel_init(name, i), self.activation, name=name, **act)(
+                x
+            )
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         name = f"fc{len(self.architecture.fc_features) + 1}"
         last = len(self.architecture.fc_features)
         x = DenseLayer(self.num_classes, self.kernel_init(name, last), None, name=name, **act)(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.float32).reshape(*grid, -1) if grid else x.astype(jnp.float32)
+
+
+def sliding_windows(fmap: jnp.ndarray, window: int) -> tuple[jnp.ndarray, tuple[int, int, int]]:
+    """Every `window x window` sub-map at stride 1: `[B, H, W, C]` -> `[B*R*S, window, window, C]`.
+
+    Returns the windows and the grid `(B, R, S)`, R = H - window + 1 and S = W - window + 1.
+    """
+    batch, height, width, _ = fmap.shape
+    if min(height, width) < window:
+        raise ValueError(f"a {window}x{window} window does not fit a {height}x{width} feature map")
+    rows = jnp.arange(height - window + 1)[:, None] + jnp.arange(window)  # [R, window]
+    cols = jnp.arange(width - window + 1)[:, None] + jnp.arange(window)  # [S, window]
+    patches = fmap[:, rows[:, None, :, None], cols[None, :, None, :]]  # [B, R, S, w, w, C]
+    grid = (batch, rows.shape[0], cols.shape[0])
+    return patches.reshape(-1, window, window, fmap.shape[-1]), grid
 
 
 def feature_map_size(architecture: Architecture, image_size: int) -> int:
@@ -242,7 +284,9 @@ def min_image_size(architecture: Architecture, bins: str = "spp_net") -> int:
     return size
 
 
-def check_image_size(architecture: Architecture, height: int, width: int, bins: str = "spp_net") -> None:
+def check_image_size(
+    architecture: Architecture, height: int, width: int, bins: str = "spp_net"
+) -> None:
     """One-line error naming the smallest input that works when the map is below the SPP levels."""
     for side in (height, width):
         if feature_map_size(architecture, side) < max(architecture.spp_levels):
@@ -260,7 +304,9 @@ def _scaled(features: int, width: float) -> int:
     return max(1, round(features * width))
 
 
-def _net_small(name: str, extra_stage3: int, width: float, conv_padding: str, spp_levels) -> Architecture:
+def _net_small(
+    name: str, extra_stage3: int, width: float, conv_padding: str, spp_levels
+) -> Architecture:
     """net14 (Table 1) with `extra_stage3` more 2x2, 256 convs (16 for net30)."""
 
     def pad(i: int) -> int | str:
@@ -274,17 +320,22 @@ def _net_small(name: str, extra_stage3: int, width: float, conv_padding: str, sp
     layers: list[Conv | Pool] = [Conv("conv1", _scaled(64, width), 7, 2, 0), Pool("pool1", 3, 3)]
     layers += [Conv(f"conv2_{i + 1}", _scaled(128, width), 2, 1, pad(i)) for i in range(4)]
     layers.append(Pool("pool2", 2, 2))
-    layers += [Conv(f"conv3_{i + 1}", _scaled(256, width), 2, 1, pad(i)) for i in range(6 + extra_stage3)]
+    layers += [
+        Conv(f"conv3_{i + 1}", _scaled(256, width), 2, 1, pad(i)) for i in range(6 + extra_stage3)
+    ]
     fc = (_scaled(4096, width), _scaled(4096, width))
     return Architecture(name, tuple(layers), fc, tuple(spp_levels or (6, 3, 2, 1)))
 
 
-def _net_large(name: str, depth_per_stage: int, widths: Sequence[int], width: float, spp_levels) -> Architecture:
+def _net_large(
+    name: str, depth_per_stage: int, widths: Sequence[int], width: float, spp_levels
+) -> Architecture:
     """Models A/B/C (Table 3): conv1 7x7/2, then three 3x3 'same' stages at 56, 28, 14."""
     layers: list[Conv | Pool] = [Conv("conv1", _scaled(96, width), 7, 2, 3), Pool("pool1", 2, 2)]
     for stage, features in enumerate(widths, start=2):
         layers += [
-            Conv(f"conv{stage}_{i + 1}", _scaled(features, width), 3, 1, 1) for i in range(depth_per_stage)
+            Conv(f"conv{stage}_{i + 1}", _scaled(features, width), 3, 1, 1)
+            for i in range(depth_per_stage)
         ]
         if stage < 1 + len(widths):
             layers.append(Pool(f"pool{stage}", 2, 2))
@@ -337,10 +388,17 @@ def build(
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(NAMES)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
-    fields = {f.name for f in dataclasses.fields(SPPNet)} - {"architecture", "parent", "name", "init_scheme"}
+    fields = {f.name for f in dataclasses.fields(SPPNet)} - {
+        "architecture",
+        "parent",
+        "name",
+        "init_scheme",
+    }
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+        )
     if init not in initializers.NAMES:
         raise ValueError(f"unknown initializer {init!r}; valid: {', '.join(initializers.NAMES)}")
     if options.get("pool_type", "max") not in ("max", "avg"):

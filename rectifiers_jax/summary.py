@@ -37,7 +37,10 @@ def summarize(model: models.SPPNet, image_size: int = 224) -> list[LayerRow]:
     def forward(x):
         variables = model.init({"params": jax.random.key(0)}, x)
         _, state = model.apply(
-            {"params": variables["params"]}, x, capture_intermediates=True, mutable=["intermediates"]
+            {"params": variables["params"]},
+            x,
+            capture_intermediates=True,
+            mutable=["intermediates"],
         )
         return variables["params"], state["intermediates"]
 
@@ -71,7 +74,9 @@ def format_table(rows: list[LayerRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help=f"one of {', '.join(models.NAMES)}")
-    parser.add_argument("--activation", default="relu", help=f"one of {', '.join(models.ACTIVATIONS)}")
+    parser.add_argument(
+        "--activation", default="relu", help=f"one of {', '.join(models.ACTIVATIONS)}"
+    )
     parser.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
     parser.add_argument("--num-classes", type=int, default=1000)

@@ -1,0 +1,52 @@
+"""The large models A, B and C (Table 3) on ImageNet: Tables 4-6 and Fig. 2.
+
+Variants (`get_config(arg)`), paper's top-1/top-5 % (10-view; multi-scale dense):
+    configs/large.py:model=a,act=relu        26.48 / 8.59;  24.02 / 6.51
+    configs/large.py:model=a,act=prelu       25.59 / 8.23;  22.97 / 6.28
+    configs/large.py:model=b,act=prelu       25.53 / 8.13;  22.85 / 6.27
+    configs/large.py:model=c,act=prelu       24.27 / 7.38;  21.59 / 5.71
+Fig. 2 (model B, 22 layers, ReLU): both converge, He starts reducing the error earlier:
+    configs/large.py:model=b,act=relu,init=he_fan_out
+    configs/large.py:model=b,act=relu,init=xavier
+`data=imagenette` runs the same family on TFDS Imagenette (10 classes) on one GPU.
+
+Command (TPU pod: see launch/tpu_pod.sh; data and workdir on a bucket):
+    python -m rectifiers_jax.main --config=configs/large.py:model=a,act=prelu \
+        --workdir=gs://B/runs/a_prelu
+    python -m rectifiers_jax.evaluate --workdir=gs://B/runs/a_prelu --protocol=dense \
+        --scales=256,384,480
+Hardware: sized for a TPU v4-32 slice or 4 nodes of 8 GPUs (the paper: 3-4 weeks on 4 K20s/8 K40s).
+Recipe (paper Sec. 3-4): He init with the fan-out rule (Eq. 14) for convs, fc stds 0.01, 0.01,
+0.001, dropout 50% on fc1 and fc2, shorter side jittered in [256, 512], random 224 crop, flip,
+PCA colour altering, per-pixel mean, batch 128, 80 epochs, lr 0.01 -> 0.001 -> 0.0001 at epochs
+55 and 70 (our choice: the paper switches "when the error plateaus";
+`--config.optim.schedule=plateau` does that).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, default
+
+DEFAULTS = {"model": "a", "act": "prelu", "init": "he_fan_out", "data": "imagenet"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = common.parse_arg(arg, DEFAULTS)
+    config = default.get_config()
+    common.set_imagenet(config, common.choose("data", args["data"], ("imagenet", "imagenette")))
+    config.model.name = "model_" + common.choose("model", args["model"], ("a", "b", "c"))
+    config.model.activation = common.choose("act", args["act"], ("relu", "prelu", "prelu_shared"))
+    config.model.init = args["init"]
+    config.model.fc_std = (0.01, 0.01, 0.001)
+    config.model.spp_levels = (7, 3, 2, 1)
+    config.data.train_recipe = "scale_jitter"
+    config.data.scale_min = 256
+    config.data.scale_max = 512
+    config.optim.schedule = "steps"
+    config.optim.boundaries_epochs = (55, 70)
+    config.train.num_epochs = 80
+    config.eval.protocol = "dense"
+    config.eval.scales = (256, 384, 480)
+    return config
