@@ -1,0 +1,285 @@
+"""One table of a sweep's trials: overrides, final metrics and outcome; error against init scale.
+
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/init_variance
+
+Reads SWEEP_DIR/sweep.json (written by `python -m launch.sweep`) and each trial's workdir; writes
+SWEEP_DIR/sweep_table.md, sweep_table.csv and sweep_error_vs_scale.png, and prints the Markdown.
+
+Outcome of a trial, first match wins:
+  diverged  status.json says so;
+  stalled   the last evaluation's top-1 error is within `--chance-margin` percentage points
+            (default 5) of chance, 100 * (1 - 1/num_classes), after `--stall-epochs` epochs
+            (default 5) or at the end of a finished run -- the paper's Xavier net30 (Fig. 3);
+  done, running, preempted  status.json;
+  missing   no status.json yet (never started).
+num_classes comes from the trial's config.json (`model.num_classes`, else `data.num_classes`), else
+a `num_classes` key in its metrics, else `--num-classes`; without it no trial is called stalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+
+from rectifiers_jax.analysis import runs
+
+DEFAULT_STALL_EPOCHS = 5.0
+DEFAULT_CHANCE_MARGIN = 5.0
+SCALE_KEY = "model.init_scale"
+METRIC_COLUMNS = ("outcome", "epoch", "step", "top1_error", "top5_error", "train_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialResult:
+    """One trial: its axis values, final metrics (None where not logged yet) and outcome."""
+
+    name: str
+    overrides: dict[str, Any]
+    outcome: str
+    epoch: float | None
+    step: int | None
+    top1_error: float | None
+    top5_error: float | None
+    train_loss: float | None
+    num_classes: int | None
+
+
+def _num_classes(
+    config: dict[str, Any], metrics: list[dict[str, Any]], default: int | None
+) -> int | None:
+    for section in ("model", "data"):
+        value = config.get(section, {}).get("num_classes")
+        if value:
+            return int(value)
+    for record in reversed(metrics):
+        if record.get("num_classes"):
+            return int(record["num_classes"])
+    return default
+
+
+def chance_error(num_classes: int) -> float:
+    """Top-1 error (percent) of guessing uniformly among `num_classes`."""
+    return 100.0 * (1.0 - 1.0 / num_classes)
+
+
+def classify(
+    status: str,
+    last_eval: dict[str, Any],
+    num_classes: int | None,
+    *,
+    stall_epochs: float = DEFAULT_STALL_EPOCHS,
+    chance_margin: float = DEFAULT_CHANCE_MARGIN,
+) -> str:
+    """Outcome of a trial from its status.json status and last evaluation (module docstring)."""
+    if status == "diverged":
+        return "diverged"
+    error, epoch = last_eval.get("eval/top1_error"), last_eval.get("epoch")
+    if error is not None and num_classes:
+        # A finished run cannot leave chance any more, however few epochs it had.
+        long_enough = status == "done" or (epoch is not None and epoch >= stall_epochs)
+        if long_enough and error >= chance_error(num_classes) - chance_margin:
+            return "stalled"
+    return status if status in ("done", "running", "preempted") else "missing"
+
+
+def read_trial(
+    workdir: str | epath.PathLike,
+    name: str,
+    overrides: dict[str, Any],
+    *,
+    stall_epochs: float = DEFAULT_STALL_EPOCHS,
+    chance_margin: float = DEFAULT_CHANCE_MARGIN,
+    num_classes: int | None = None,
+) -> TrialResult:
+    """Final metrics and outcome of the trial in `workdir`; `num_classes` is the fallback when
+    neither its config nor its metrics say."""
+    metrics = runs.read_metrics(workdir)
+    last_eval = runs.final_eval(workdir)
+    num_classes = _num_classes(runs.read_config(workdir), metrics, num_classes)
+    status = runs.read_status(workdir).get("status", "missing")
+    losses = [r["train/loss"] for r in metrics if "train/loss" in r]
+    return TrialResult(
+        name=name,
+        overrides=overrides,
+        outcome=classify(
+            status, last_eval, num_classes, stall_epochs=stall_epochs, chance_margin=chance_margin
+        ),
+        epoch=metrics[-1].get("epoch") if metrics else None,
+        step=metrics[-1].get("step") if metrics else None,
+        top1_error=last_eval.get("eval/top1_error"),
+        top5_error=last_eval.get("eval/top5_error"),
+        train_loss=losses[-1] if losses else None,
+        num_classes=num_classes,
+    )
+
+
+def read_sweep(sweep_dir: str, **options: Any) -> tuple[dict[str, Any], list[TrialResult]]:
+    """(sweep.json, one result per trial in sweep order); `options` go to `read_trial`.
+
+    Raises ValueError naming the path when the folder or its sweep.json is missing.
+    """
+    root = epath.Path(sweep_dir)
+    if not root.is_dir():
+        raise ValueError(f"sweep directory {sweep_dir} does not exist")
+    summary_path = root / "sweep.json"
+    if not summary_path.exists():
+        raise ValueError(f"{summary_path} not found (python -m launch.sweep writes it)")
+    summary = json.loads(summary_path.read_text())
+    results = [
+        read_trial(root / trial["name"], trial["name"], trial["overrides"], **options)
+        for trial in summary["trials"]
+    ]
+    return summary, results
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "(" + ", ".join(_cell(v) for v in value) + ")"
+    return str(value)
+
+
+def rows(summary: dict[str, Any], results: Sequence[TrialResult]) -> list[dict[str, str]]:
+    """Table rows: trial, one column per axis (its short label), then METRIC_COLUMNS."""
+    labels = summary["labels"]
+    table = []
+    for result in results:
+        row = {"trial": result.name}
+        row |= {labels[key]: _cell(result.overrides.get(key)) for key in summary["axes"]}
+        row |= {column: _cell(getattr(result, column)) for column in METRIC_COLUMNS}
+        table.append(row)
+    return table
+
+
+def to_markdown(table: list[dict[str, str]]) -> str:
+    """GitHub Markdown table."""
+    header = list(table[0]) if table else ["trial", *METRIC_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in table]
+    return "\n".join(lines)
+
+
+def to_csv(table: list[dict[str, str]]) -> str:
+    """CSV text with a header row."""
+    out = io.StringIO()
+    header = list(table[0]) if table else ["trial", *METRIC_COLUMNS]
+    writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return out.getvalue()
+
+
+def plot_error_vs_scale(
+    summary: dict[str, Any],
+    results: Sequence[TrialResult],
+    path: epath.Path,
+    scale_key: str = SCALE_KEY,
+) -> bool:
+    """PNG of final top-1 error against the init scale (log2 axis), one line per combination of
+    the other axes; diverged trials as crosses at 100%. False (no plot) without a scale axis."""
+    if scale_key not in summary["axes"]:
+        return False
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
+
+    labels = summary["labels"]
+    others = [key for key in summary["axes"] if key != scale_key]
+    lines: dict[str, list[tuple[float, float, str]]] = {}
+    for result in results:
+        label = ", ".join(f"{labels[k]}={_cell(result.overrides[k])}" for k in others) or "all"
+        if result.outcome == "diverged":
+            lines.setdefault(label, []).append((result.overrides[scale_key], 100.0, "diverged"))
+        elif result.top1_error is not None:
+            lines.setdefault(label, []).append((result.overrides[scale_key], result.top1_error, ""))
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axis = figure.subplots()
+    for label, points in lines.items():
+        points.sort()
+        drawn = axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        crosses = [p for p in points if p[2] == "diverged"]
+        if crosses:
+            colour = drawn[0].get_color()
+            axis.scatter(
+                [p[0] for p in crosses], [p[1] for p in crosses], marker="x", s=80, color=colour
+            )
+    classes = {r.num_classes for r in results if r.num_classes}
+    if len(classes) == 1:
+        axis.axhline(chance_error(classes.pop()), color="grey", linestyle="--", label="chance")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel(f"{labels[scale_key]} (variance multiplier, log2)")
+    axis.set_ylabel("final top-1 error (%); x: diverged")
+    axis.set_title(summary.get("sweep_config", ""))
+    axis.grid(True, which="both", alpha=0.3)
+    if lines:
+        axis.legend(fontsize="small")
+    with path.open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rectifiers_jax.analysis.sweep_table", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("sweep_dir", help="folder with sweep.json and one workdir per trial")
+    parser.add_argument(
+        "--stall-epochs",
+        type=float,
+        default=DEFAULT_STALL_EPOCHS,
+        help="epochs after which an error near chance counts as stalled (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chance-margin",
+        type=float,
+        default=DEFAULT_CHANCE_MARGIN,
+        help="percentage points from chance still counted as chance (default %(default)s)",
+    )
+    parser.add_argument(
+        "--num-classes", type=int, help="class count for trials whose config and metrics omit it"
+    )
+    parser.add_argument(
+        "--scale-key", default=SCALE_KEY, help="axis on the plot's x (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        summary, results = read_sweep(
+            args.sweep_dir,
+            stall_epochs=args.stall_epochs,
+            chance_margin=args.chance_margin,
+            num_classes=args.num_classes,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    root = epath.Path(args.sweep_dir)
+    table = rows(summary, results)
+    markdown = to_markdown(table)
+    (root / "sweep_table.md").write_text(markdown + "\n")
+    (root / "sweep_table.csv").write_text(to_csv(table))
+    print(markdown)
+    outcomes = [result.outcome for result in results]
+    print(", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes)))
+    plotted = plot_error_vs_scale(
+        summary, results, root / "sweep_error_vs_scale.png", args.scale_key
+    )
+    written = ["sweep_table.md", "sweep_table.csv"] + (
+        ["sweep_error_vs_scale.png"] if plotted else []
+    )
+    print(f"wrote {', '.join(written)} in {args.sweep_dir}")
+    if not plotted:
+        print(f"no {args.scale_key} axis in this sweep: no plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
