@@ -11,6 +11,7 @@ continue exactly, so an interrupted run ends bit-identical to an uninterrupted o
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -141,6 +142,14 @@ class RunFiles:
             (self.workdir / "status.json").write_text(json.dumps(record) + "\n")
 
 
+def _resolved(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+    """The config as run: with the dataset's class count, so readers need not open the data."""
+    resolved = copy.deepcopy(config)
+    with resolved.unlocked():
+        resolved.model.num_classes = num_classes
+    return resolved
+
+
 def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.train.num_steps > 0:
         return int(config.train.num_steps)
@@ -184,9 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     files = RunFiles(workdir)
-    files.write_config(config)
-
     info = input_pipeline.get_info(config.data)
+    files.write_config(_resolved(config, info.num_classes))
     steps_per_epoch = input_pipeline.steps_per_epoch(info, config.train.global_batch_size)
     num_steps = _num_steps(config, steps_per_epoch)
     parallel.check_batch_size(config.train.global_batch_size)
