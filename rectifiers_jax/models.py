@@ -275,7 +275,7 @@ def feature_map_size(architecture: Architecture, image_size: int) -> int:
     return size
 
 
-def min_image_size(architecture: Architecture, bins: str = "spp_net") -> int:
+def min_image_size(architecture: Architecture) -> int:
     """Smallest square input whose last conv map fits the largest SPP level."""
     largest = max(architecture.spp_levels)
     size = 1
@@ -294,7 +294,7 @@ def check_image_size(
                 f"{architecture.name}: a {height}x{width} image gives a "
                 f"{feature_map_size(architecture, side)}-pixel last conv map, smaller than SPP "
                 f"level {max(architecture.spp_levels)}; the smallest input image that works is "
-                f"{min_image_size(architecture, bins)}x{min_image_size(architecture, bins)}"
+                f"{min_image_size(architecture)}x{min_image_size(architecture)}"
             )
     for level in architecture.spp_levels:
         spp_bin_edges(feature_map_size(architecture, min(height, width)), level, bins)
@@ -407,6 +407,10 @@ def build(
         raise ValueError(f"fc_std needs 3 stds (fc1, fc2, fc3), got {tuple(fc_std)}")
     if not width > 0:
         raise ValueError(f"width multiplier must be > 0, got {width}")
+    if name.startswith("model_") and conv_padding != "alternate":
+        raise ValueError(
+            f"conv_padding applies to net14/net30 only; {name}'s 3x3 convs are always 'same'"
+        )
     architecture = _ARCHITECTURES[name](width, conv_padding, spp_levels)
     layer_names = {layer.name for layer in architecture.layers} | {"fc1", "fc2", "fc3"}
     bad_layers = sorted(set(layer_scales or {}) - layer_names)

@@ -430,3 +430,9 @@ def test_non_image_input_raises():
     model = models.build("net14")
     with pytest.raises(ValueError, match="B, H, W, C"):
         jax.eval_shape(lambda k: model.init(k, jnp.zeros((224, 224, 3))), jax.random.key(0))
+
+
+def test_conv_padding_is_refused_for_the_large_models():
+    with pytest.raises(ValueError, match="conv_padding applies to net14/net30 only"):
+        models.build("model_a", conv_padding="same")
+    assert models.build("net30", conv_padding="same").architecture.layers[2].padding == "SAME"
