@@ -99,32 +99,39 @@ def initial_slope(activation: str, *, lrelu_slope: float = 0.01, a_init: float =
 
 
 class _Layer(nn.Module):
-    """Shared tail of conv and fc layers: bias, response probes, activation."""
+    """Shared part of conv and fc layers: kernel init, bias, response probes, activation.
 
-    def respond(self, y: jnp.ndarray, activation: str | None, **act_kwargs) -> jnp.ndarray:
-        y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(
-            y.dtype
-        )
-        if activation is None:
+    Attributes:
+      features: output channels.
+      kernel_init: initializer of the kernel.
+      activation: "relu", "lrelu", "prelu", "prelu_shared", or None (the logits layer).
+    """
+
+    features: int
+    kernel_init: initializers.Initializer
+    activation: str | None = None
+    lrelu_slope: float = 0.01
+    a_init: float = 0.25
+
+    def respond(self, y: jnp.ndarray) -> jnp.ndarray:
+        bias = self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32)
+        y = y + bias.astype(y.dtype)
+        if self.activation is None:
             return y
         # The probes let analysis read Var[y_l] (Eq. 9) and dE/dy_l (Eq. 13) without changing
         # the forward pass; perturb adds zeros and sow stores only when its collection is mutable.
         y = self.perturb("response", y)
         self.sow("intermediates", "response", y)
-        return _activation(activation, **act_kwargs)(y)
+        act = _activation(self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        return act(y)
 
 
 class ConvLayer(_Layer):
     """k x k convolution (HWIO kernel named `kernel`) + bias + activation, NHWC."""
 
-    features: int
-    kernel_size: int
-    stride: int
-    padding: int | str
-    kernel_init: initializers.Initializer
-    activation: str | None
-    lrelu_slope: float = 0.01
-    a_init: float = 0.25
+    kernel_size: int = 3
+    stride: int = 1
+    padding: int | str = 0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -139,23 +146,16 @@ class ConvLayer(_Layer):
             _padding(self.padding),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return self.respond(y, self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        return self.respond(y)
 
 
 class DenseLayer(_Layer):
     """Fully connected layer ((in, out) kernel named `kernel`) + bias + optional activation."""
 
-    features: int
-    kernel_init: initializers.Initializer
-    activation: str | None
-    lrelu_slope: float = 0.01
-    a_init: float = 0.25
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        y = x @ kernel.astype(x.dtype)
-        return self.respond(y, self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        return self.respond(x @ kernel.astype(x.dtype))
 
 
 class PoolLayer(nn.Module):
@@ -221,11 +221,11 @@ class SPPNet(nn.Module):
             if isinstance(layer, Conv):
                 x = ConvLayer(
                     layer.features,
-                    layer.kernel,
-                    layer.stride,
-                    layer.padding,
                     self.kernel_init(layer.name),
                     self.activation,
+                    kernel_size=layer.kernel,
+                    stride=layer.stride,
+                    padding=layer.padding,
                     name=layer.name,
                     **act,
                 )(x)
