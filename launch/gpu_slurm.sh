@@ -29,16 +29,9 @@ its log to WORKDIR/slurm-JOBID.out. Restarting the same command resumes from the
 EOF
 }
 
-die() { echo "gpu_slurm.sh: error: $*" >&2; exit 2; }
-
-# Prints a command shell-quoted (only where needed), so the script and dry run can be pasted.
-quote() {
-  local words=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then words+=("$arg"); else words+=("${arg@Q}"); fi
-  done
-  echo "${words[*]}"
-}
+SCRIPT=gpu_slurm.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NODES="" GPUS="" WORKDIR="" CONFIG="" JOB_NAME="rectifiers_jax" PARTITION="" TIME="" PORT="" SETUP=""
 DRY_RUN=0

@@ -34,16 +34,9 @@ When done: gcloud compute tpus tpu-vm delete NAME --zone=ZONE
 EOF
 }
 
-die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
-
-# Prints a command shell-quoted (only where needed), so a dry run can be pasted back.
-quote() {
-  local words=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then words+=("$arg"); else words+=("${arg@Q}"); fi
-  done
-  echo "${words[*]}"
-}
+SCRIPT=tpu_pod.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run() { if (( DRY_RUN )); then quote "$@"; else "$@"; fi; }
 
 NAME="" ZONE="" ACCELERATOR="" VERSION="tpu-ubuntu2204-base" WORKDIR="" CONFIG="" DATA_DIR=""
