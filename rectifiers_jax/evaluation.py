@@ -40,22 +40,39 @@ def predict_probs(model: nn.Module, params, images: jax.Array) -> jax.Array:
     return jax.nn.softmax(model.apply({"params": params}, images))
 
 
+def metric_sums(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the unmasked rows of [B, K] probabilities: NLL loss, top-1/top-5 wrong, count."""
+    mask = mask.astype(jnp.float32)
+    loss = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
+    return {
+        "loss": jnp.sum(loss * mask),
+        "top1_wrong": jnp.sum(topk_wrong(probs, labels, 1) * mask),
+        "top5_wrong": jnp.sum(topk_wrong(probs, labels, min(5, probs.shape[-1])) * mask),
+        "count": jnp.sum(mask),
+    }
+
+
 def make_eval_step(model: nn.Module) -> Callable:
     """(params, batch) -> sums of loss, top-1 and top-5 errors and the example count."""
 
     def eval_step(params, batch):
         probs = predict_probs(model, params, batch["image"])
-        mask = batch["mask"].astype(jnp.float32)
-        labels = batch["label"]
-        loss = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
-        return {
-            "loss": jnp.sum(loss * mask),
-            "top1_wrong": jnp.sum(topk_wrong(probs, labels, 1) * mask),
-            "top5_wrong": jnp.sum(topk_wrong(probs, labels, min(5, probs.shape[-1])) * mask),
-            "count": jnp.sum(mask),
-        }
+        return metric_sums(probs, batch["label"], batch["mask"])
 
     return eval_step
+
+
+def summarize(totals: dict[str, float]) -> dict[str, float]:
+    """`metric_sums` totals -> loss per example, top-1/top-5 error in percent, example count."""
+    count = totals.get("count", 0.0)
+    if count == 0:
+        raise ValueError("evaluation saw no examples: the evaluation split is empty")
+    return {
+        "loss": totals["loss"] / count,
+        "top1_error": 100.0 * totals["top1_wrong"] / count,
+        "top5_error": 100.0 * totals["top5_wrong"] / count,
+        "num_examples": int(count),
+    }
 
 
 def evaluate(
@@ -67,12 +84,4 @@ def evaluate(
         sums = jax.device_get(eval_step(params, parallel.global_batch(batch, mesh)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
-    count = totals.get("count", 0.0)
-    if count == 0:
-        raise ValueError("evaluation saw no examples: the evaluation split is empty")
-    return {
-        "loss": totals["loss"] / count,
-        "top1_error": 100.0 * totals["top1_wrong"] / count,
-        "top5_error": 100.0 * totals["top5_wrong"] / count,
-        "num_examples": int(count),
-    }
+    return summarize(totals)
