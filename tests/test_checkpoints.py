@@ -59,6 +59,7 @@ def mesh8():
 def run_config() -> ml_collections.ConfigDict:
     config = get_config()
     config.model.width = 0.0625
+    config.model.fc_std = None  # a None field must survive the JSON round trip
     return config
 
 
