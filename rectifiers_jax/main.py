@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rectifiers_jax import parallel
+from rectifiers_jax import checkpoints, parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -53,7 +53,7 @@ def run() -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
         app.run(main)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         # Bad input: one line naming the field or file, not a stack of internals.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

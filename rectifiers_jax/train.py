@@ -286,11 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             pending.append(metrics)
             step += 1
             record: dict[str, Any] = {}
-            if (
-                step % config.train.log_every_steps == 0
-                or step in eval_at
-                or ckpt.should_save(step)
-            ):
+            # Every checkpoint is preceded by a finiteness check of the steps since the last.
+            saving = ckpt.should_save(step) or step % steps_per_epoch == 0
+            if step % config.train.log_every_steps == 0 or step in eval_at or saving:
                 train_metrics = flush_metrics()
                 if step % config.train.log_every_steps == 0:
                     now = time.perf_counter()
@@ -337,7 +335,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 record = {"step": step, "epoch": step / steps_per_epoch, **record}
                 files.append_metrics(record)
                 writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
-            ckpt.save(step, state, metadata(), force=step == num_steps)
+            # keep_every_epoch keeps one checkpoint per epoch, so one must be written there.
+            epoch_end = config.train.keep_every_epoch and step % steps_per_epoch == 0
+            ckpt.save(step, state, metadata(), force=step == num_steps or epoch_end)
         if status == "preempted":
             if pending:
                 flush_metrics()  # never checkpoint a state whose loss went non-finite

@@ -1,0 +1,67 @@
+"""Every experiment config loads through the real flag parser and builds its model."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from rectifiers_jax import checkpoints, models
+
+# (config argument, model name, activation, init, num_classes of its dataset)
+VARIANTS = [
+    ("configs/default.py", "net14", "prelu", "he_fan_in", 10),
+    ("configs/net14.py:act=relu", "net14", "relu", "he_fan_in", 1000),
+    ("configs/net14.py:act=lrelu,slope=0.01", "net14", "lrelu", "he_fan_in", 1000),
+    ("configs/net14.py:act=lrelu,slope=0.25", "net14", "lrelu", "he_fan_in", 1000),
+    ("configs/net14.py:act=prelu_shared", "net14", "prelu_shared", "he_fan_in", 1000),
+    ("configs/net14.py:act=prelu", "net14", "prelu", "he_fan_in", 1000),
+    ("configs/net14.py:act=relu,init=xavier", "net14", "relu", "xavier", 1000),
+    ("configs/net14.py:model=net30,act=relu,init=xavier", "net30", "relu", "xavier", 1000),
+    ("configs/net14.py:act=prelu,data=imagenette", "net14", "prelu", "he_fan_in", 10),
+    ("configs/large.py:model=a,act=relu", "model_a", "relu", "he_fan_out", 1000),
+    ("configs/large.py:model=a,act=prelu", "model_a", "prelu", "he_fan_out", 1000),
+    ("configs/large.py:model=b,act=prelu", "model_b", "prelu", "he_fan_out", 1000),
+    ("configs/large.py:model=c,act=prelu", "model_c", "prelu", "he_fan_out", 1000),
+    ("configs/large.py:model=b,act=relu,init=xavier", "model_b", "relu", "xavier", 1000),
+    ("configs/cpu.py:model=net30,init=xavier", "net30", "relu", "xavier", 10),
+    ("configs/cpu.py:model=model_b,init=he_fan_out", "model_b", "relu", "he_fan_out", 10),
+    ("configs/cpu.py:model=net14,act=lrelu,slope=0.25", "net14", "lrelu", "he_fan_in", 10),
+]
+
+
+def load(argument: str):
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+    flag_values(["prog", f"--config={argument}"])
+    return flag_values.config
+
+
+@pytest.mark.parametrize(("argument", "name", "activation", "init", "num_classes"), VARIANTS)
+def test_config_loads_and_builds_its_model(argument, name, activation, init, num_classes):
+    config = load(argument)
+    model = checkpoints.model_from_config(config, num_classes)
+    assert (model.architecture.name, model.activation, model.init_scheme) == (
+        name,
+        activation,
+        init,
+    )
+    size = config.data.image_size
+    params = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), size))
+    assert params["fc3"]["kernel"].shape[-1] == num_classes
+    assert config.eval.protocol in ("center", "10view", "dense")
+    assert min(config.eval.scales) >= size
+
+
+def test_large_models_use_the_papers_fc_stds_and_lrelu_slope_reaches_the_model():
+    assert load("configs/large.py:model=c").model.fc_std == (0.01, 0.01, 0.001)
+    assert load("configs/net14.py:act=lrelu,slope=0.25").model.lrelu_slope == 0.25
+
+
+def test_bad_config_arguments_name_the_valid_ones():
+    # (--config.KEY=VALUE overrides go through absl's two-pass parse; tests/test_train.py runs them.)
+    with pytest.raises(flags.IllegalFlagValueError, match="unknown config argument 'depth'"):
+        load("configs/net14.py:depth=30")
+    with pytest.raises(flags.IllegalFlagValueError, match="act='elu' is not one of relu"):
+        load("configs/net14.py:act=elu")
