@@ -60,7 +60,7 @@ def test_large_models_use_the_papers_fc_stds_and_lrelu_slope_reaches_the_model()
 
 
 def test_bad_config_arguments_name_the_valid_ones():
-    # (--config.KEY=VALUE overrides go through absl's two-pass parse; tests/test_train.py runs them.)
+    # --config.KEY=VALUE overrides need absl's two-pass parse: tests/test_train.py runs them.
     with pytest.raises(flags.IllegalFlagValueError, match="unknown config argument 'depth'"):
         load("configs/net14.py:depth=30")
     with pytest.raises(flags.IllegalFlagValueError, match="act='elu' is not one of relu"):
