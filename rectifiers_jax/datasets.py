@@ -695,7 +695,7 @@ def _load_or_compute_mean(data_config, kind: str) -> np.ndarray:
     )
     logging.log(
         logging.WARNING if kind == "per_pixel" else logging.INFO,
-        "mean file %s not found: falling back to the per-channel mean %s of the first %d "
+        "mean file %s not found: using the per-channel mean %s of the first %d "
         "training images%s",
         path,
         np.round(per_channel, 2).tolist(),

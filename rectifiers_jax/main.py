@@ -9,6 +9,7 @@ Everything else lives in importable modules (`rectifiers_jax.train.train_and_eva
 from __future__ import annotations
 
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,6 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     # Imported after distributed start-up: train pulls in TensorFlow and touches devices.
     from rectifiers_jax import train
@@ -42,10 +44,14 @@ def main(argv: list[str]) -> int:
 
 
 class _QuietLibraries(logging_std.Filter):
-    """Keeps orbax's per-save INFO chatter out of the progress log (warnings still show)."""
+    """Keeps libraries' INFO chatter (orbax per save, TFDS per split) out of the progress log."""
+
+    _PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
 
     def filter(self, record: logging_std.LogRecord) -> bool:
-        return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+        if record.levelno >= logging_std.WARNING:
+            return True
+        return not any(path in record.pathname for path in self._PATHS)
 
 
 def run() -> None:
