@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     # When > 0, overrides num_epochs.
     config.train.num_steps = 0
     config.train.log_every_steps = 20
-    config.train.eval_every_epochs = 5
+    config.train.eval_every_epochs = 5.0
     config.train.checkpoint_every_steps = 200
     config.train.keep_checkpoints = 2
     config.train.keep_every_epoch = False

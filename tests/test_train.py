@@ -215,3 +215,15 @@ def test_restore_mismatch_names_step_and_path(data_dir, tmp_path):
     wider.model.width = 0.125
     with pytest.raises(checkpoints.CheckpointError, match=r"step 4 .*checkpoints"):
         train.train_and_evaluate(wider, str(tmp_path))
+
+
+def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    config.optim.schedule = "plateau"
+    config.optim.plateau_patience = 1
+    config.optim.plateau_min_delta = 100.0  # no evaluation can improve by 100 points
+    config.train.eval_every_epochs = 4 / (1437 // 16)  # every 4 steps
+    train.train_and_evaluate(config, str(tmp_path))
+    rates = {r["step"]: r["learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl")}
+    # Evaluations at steps 4, 8, 12: the first sets the best, the second drops 0.01 -> 0.001.
+    assert rates == pytest.approx({2: 0.01, 4: 0.01, 6: 0.01, 8: 0.01, 10: 0.001, 12: 0.001})
