@@ -58,7 +58,7 @@ import numpy as np
 from absl import flags, logging
 from etils import epath
 
-from rectifiers_jax import checkpoints, evaluation, input_pipeline, models, parallel
+from rectifiers_jax import checkpoints, cli, evaluation, input_pipeline, models, parallel
 
 PROTOCOLS = input_pipeline.PROTOCOLS
 DEFAULT_MAX_ASPECT = 4 / 3
@@ -646,13 +646,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
 
 
-class _QuietLibraries(logging_std.Filter):
-    """Keeps orbax's chatter out of the log (its read-only restore warns on every call)."""
-
-    def filter(self, record: logging_std.LogRecord) -> bool:
-        return record.levelno >= logging_std.ERROR or "/orbax/" not in record.pathname
-
-
 def run(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: bad input ends with one `error: ...` line and exit code 2."""
     logging.set_verbosity(logging.INFO)
@@ -660,8 +653,8 @@ def run(argv: Sequence[str] | None = None) -> None:
     # stops absl's "logging before flag parsing" warning.
     logging.use_absl_handler()
     flags.FLAGS.mark_as_parsed()
-    # On the logger, not the handler: orbax's records are dropped whichever handler is active.
-    logging_std.getLogger("absl").addFilter(_QuietLibraries())
+    # orbax's read-only restore warns on every call.
+    cli.quiet_library_logs(logging_std.ERROR)
     try:
         main(argv)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:

@@ -8,14 +8,13 @@ Everything else lives in importable modules (`rectifiers_jax.train.train_and_eva
 
 from __future__ import annotations
 
-import logging as logging_std
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rectifiers_jax import checkpoints, parallel
+from rectifiers_jax import checkpoints, cli, parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -43,20 +42,9 @@ def main(argv: list[str]) -> int:
     return {"done": 0, "preempted": 0, "diverged": 3}[result["status"]]
 
 
-class _QuietLibraries(logging_std.Filter):
-    """Keeps libraries' INFO chatter (orbax per save, TFDS per split) out of the progress log."""
-
-    _PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
-
-    def filter(self, record: logging_std.LogRecord) -> bool:
-        if record.levelno >= logging_std.WARNING:
-            return True
-        return not any(path in record.pathname for path in self._PATHS)
-
-
 def run() -> None:
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    cli.quiet_library_logs()
     try:
         app.run(main)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
