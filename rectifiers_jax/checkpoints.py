@@ -343,6 +343,15 @@ def _resolve_step(manager: ocp.CheckpointManager, directory: epath.Path, step: i
     return step
 
 
+def resolve_step(workdir: str | epath.PathLike, step: int | None = None) -> int:
+    """The checkpoint step `step` names (None: the latest); FileNotFoundError if there is none."""
+    manager, directory = _reader(workdir)
+    try:
+        return _resolve_step(manager, directory, step)
+    finally:
+        manager.close()
+
+
 def load_params(workdir: str | epath.PathLike, step: int | None = None) -> dict[str, Any]:
     """Parameters of checkpoint `step` (None: the latest) as a nested dict of NumPy arrays.
 

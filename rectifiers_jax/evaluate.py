@@ -460,16 +460,6 @@ def evaluate_params(
 # The command
 
 
-def resolve_step(workdir: str, step: int | None) -> int:
-    """The checkpoint step to evaluate (None: the latest); FileNotFoundError if there is none."""
-    # checkpoints' read-only manager and step lookup (the same ones load_params uses).
-    manager, directory = checkpoints._reader(workdir)
-    try:
-        return checkpoints._resolve_step(manager, directory, step)
-    finally:
-        manager.close()
-
-
 def _replicate(params: Any, mesh: jax.sharding.Mesh) -> Any:
     """Host NumPy params -> arrays replicated on every device of every process."""
     sharding = parallel.replicated(mesh)
@@ -540,7 +530,7 @@ def evaluate_run(
         config.data.data_dir = data_dir
     split = split or config.data.eval_split
 
-    step = resolve_step(workdir, step)
+    step = checkpoints.resolve_step(workdir, step)
     model, variables = checkpoints.load_model(workdir, step)
     info = input_pipeline.get_info(config.data)
     if model.num_classes != info.num_classes:
