@@ -37,6 +37,7 @@ def set_imagenet(config: ml_collections.ConfigDict, dataset: str) -> None:
         dataset
     ]
     config.data.data_dir = "~/tensorflow_datasets"
+    config.data.download = dataset == "imagenette"
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     config.data.image_size = 224

@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.source = "tfds"
     config.data.name = "sklearn_digits"
     config.data.data_dir = "data/tfds"
+    # Let TFDS download and prepare a missing dataset whose builder can (e.g. imagenette);
+    # ImageNet always needs the manual steps in the README.
+    config.data.download = False
     config.data.folder = ""
     config.data.train_split = "train"
     config.data.eval_split = "validation"

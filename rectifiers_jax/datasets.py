@@ -293,16 +293,26 @@ def _find_tfds_dir(name: str, data_dir: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def open_tfds(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+def open_tfds(name: str, data_dir: str, download: bool = False) -> tfds.core.DatasetBuilder:
     """A read-only builder for prepared TFDS dataset `name` ('name[/config][:version]').
 
     Built from the prepared files' metadata (`tfds.builder_from_directory`), so it works when
-    the builder code is not importable. `sklearn_digits` is prepared on first use.
+    the builder code is not importable. `sklearn_digits` is prepared on first use; with
+    `download`, a missing dataset whose TFDS builder downloads by itself (e.g. imagenette) is
+    downloaded and prepared first (one process only: its files are not shared-written).
     Raises DatasetNotFoundError naming data_dir, what it holds, and how to prepare `name`.
     """
     if _parse_tfds_name(name)[0] == DIGITS_NAME:
         prepare_digits(data_dir)
-    builder = tfds.builder_from_directory(_find_tfds_dir(name, data_dir))
+    try:
+        directory = _find_tfds_dir(name, data_dir)
+    except DatasetNotFoundError:
+        if not download or _parse_tfds_name(name)[0].startswith("imagenet2012"):
+            raise
+        logging.info("downloading and preparing TFDS dataset %s into %s", name, data_dir)
+        tfds.builder(name, data_dir=data_dir).download_and_prepare()
+        directory = _find_tfds_dir(name, data_dir)
+    builder = tfds.builder_from_directory(directory)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ValueError(
@@ -318,6 +328,12 @@ def open_tfds(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
             f"TFDS dataset {name!r}: feature 'label' is {features['label']!r}, not a ClassLabel"
         )
     return builder
+
+
+def _open_configured(data_config) -> tfds.core.DatasetBuilder:
+    """`open_tfds` for `config.data` (a `~` in data_dir is the user's home)."""
+    data_dir = os.path.expanduser(data_config.data_dir)
+    return open_tfds(data_config.name, data_dir, bool(data_config.get("download", False)))
 
 
 def _tfds_split_size(builder: tfds.core.DatasetBuilder, split) -> int:
@@ -491,14 +507,14 @@ def even_range(num_examples: int, index: int, count: int) -> tuple[int, int]:
 def split_size(data_config, split: str) -> int:
     """Number of examples in `split` over all hosts."""
     if _check_source(data_config) == "tfds":
-        return _tfds_split_size(open_tfds(data_config.name, data_config.data_dir), split)
+        return _tfds_split_size(_open_configured(data_config), split)
     return len(_folder_split(data_config, split)[1][0])
 
 
 def get_info(data_config) -> DatasetInfo:
     """Classes and split sizes of the dataset `data_config` describes."""
     if _check_source(data_config) == "tfds":
-        builder = open_tfds(data_config.name, data_config.data_dir)
+        builder = _open_configured(data_config)
         label = builder.info.features["label"]
         num_examples = {s: int(i.num_examples) for s, i in builder.info.splits.items()}
 
@@ -562,7 +578,7 @@ def host_records(
             f"process_index={process_index} is outside [0, process_count={process_count})"
         )
     if _check_source(data_config) == "tfds":
-        builder = open_tfds(data_config.name, data_config.data_dir)
+        builder = _open_configured(data_config)
         num_classes = int(builder.info.features["label"].num_classes)
         _tfds_split_size(builder, split)  # Validates the split name with a clear error.
         host_split = tfds.even_splits(split, n=process_count)[process_index]
@@ -622,7 +638,9 @@ def mean_path(data_config) -> str:
     filename = f"mean_{data_config.image_size}_{data_config.eval_resize}.npz"
     if _check_source(data_config) == "tfds":
         base, config, _ = _parse_tfds_name(data_config.name)
-        return os.path.join(data_config.data_dir, base, *([config] if config else []), filename)
+        return os.path.join(
+            os.path.expanduser(data_config.data_dir), base, *([config] if config else []), filename
+        )
     return os.path.join(data_config.folder, filename)
 
 
@@ -695,8 +713,7 @@ def _load_or_compute_mean(data_config, kind: str) -> np.ndarray:
     )
     logging.log(
         logging.WARNING if kind == "per_pixel" else logging.INFO,
-        "mean file %s not found: using the per-channel mean %s of the first %d "
-        "training images%s",
+        "mean file %s not found: using the per-channel mean %s of the first %d training images%s",
         path,
         np.round(per_channel, 2).tolist(),
         count,

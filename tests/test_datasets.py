@@ -7,6 +7,7 @@ import concurrent.futures
 import io
 import os
 import pathlib
+import shutil
 
 import ml_collections
 import numpy as np
@@ -383,3 +384,27 @@ def test_mean_written_beside_dataset_and_loaded(digits_dir):
     assert datasets.load_mean(data_config(**{**config.to_dict(), "mean": "none"})) is None
     with pytest.raises(ValueError, match="config.data.mean='median'"):
         datasets.load_mean(data_config(**{**config.to_dict(), "mean": "median"}))
+
+
+def test_download_option_prepares_a_missing_registered_dataset(tmp_path, monkeypatch):
+    """With config.data.download, a missing dataset is built by its TFDS builder, then read."""
+    source = datasets.prepare_digits(str(tmp_path / "elsewhere"))  # .../sklearn_digits/1.0.0
+    data_dir = tmp_path / "tfds"
+    requested = []
+
+    class FakeBuilder:  # stands in for a TFDS builder that downloads by itself
+        def __init__(self, name, data_dir):
+            requested.append((name, data_dir))
+
+        def download_and_prepare(self):
+            shutil.copytree(source, data_dir / "fake_digits" / "1.0.0")
+
+    monkeypatch.setattr(datasets.tfds, "builder", FakeBuilder)
+    with pytest.raises(datasets.DatasetNotFoundError, match="not prepared"):
+        datasets.open_tfds("fake_digits", str(data_dir))
+    with pytest.raises(datasets.DatasetNotFoundError, match="ILSVRC2012_img_train.tar"):
+        datasets.open_tfds("imagenet2012", str(data_dir), download=True)
+    assert not requested
+    builder = datasets.open_tfds("fake_digits", str(data_dir), download=True)
+    assert requested == [("fake_digits", str(data_dir))]
+    assert builder.info.features["label"].num_classes == 10
