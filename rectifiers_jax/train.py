@@ -169,6 +169,34 @@ def _eval_steps(
     return (set(range(every, num_steps + 1, every)) if every > 0 else set()) | {num_steps}
 
 
+def _train_record(
+    train_metrics: dict[str, float], state: TrainState, steps_per_sec: float
+) -> dict[str, Any]:
+    """metrics.jsonl keys of a logged step (docs/CONTRACTS.md): train/*, dead/*, slope/*, rate."""
+    record = {f"train/{k}": v for k, v in train_metrics.items() if "/" not in k}
+    record.update({k: v for k, v in train_metrics.items() if "/" in k})
+    record.update({f"slope/{k}": v for k, v in prelu_slopes(state.params).items()})
+    record["learning_rate"] = float(optim.get_learning_rate(state.opt_state))
+    record["steps_per_sec"] = steps_per_sec
+    return record
+
+
+def _log_progress(record: dict[str, Any], step: int, num_steps: int, steps_per_epoch: int) -> None:
+    """One progress line: step, epoch, loss, error, rate, speed and time left."""
+    left = (num_steps - step) / max(record["steps_per_sec"], 1e-9)
+    logging.info(
+        "step %d/%d (epoch %.2f): loss %.4f, top-1 error %.2f%%, lr %.3g | %.2f steps/s, %s left",
+        step,
+        num_steps,
+        step / steps_per_epoch,
+        record["train/loss"],
+        record["train/top1_error"],
+        record["learning_rate"],
+        record["steps_per_sec"],
+        time.strftime("%H:%M:%S", time.gmtime(left)),
+    )
+
+
 class _StopSignal:
     """Records SIGTERM (a preemption notice) so the loop can checkpoint and exit cleanly."""
 
@@ -294,26 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     now = time.perf_counter()
                     steps_per_sec = (step - timer[1]) / max(now - timer[0], 1e-9)
                     timer = (now, step)
-                    record.update(
-                        {f"train/{k}": v for k, v in train_metrics.items() if "/" not in k}
-                    )
-                    record.update({k: v for k, v in train_metrics.items() if "/" in k})
-                    record.update({f"slope/{k}": v for k, v in prelu_slopes(state.params).items()})
-                    record["learning_rate"] = float(optim.get_learning_rate(state.opt_state))
-                    record["steps_per_sec"] = steps_per_sec
-                    left = (num_steps - step) / max(steps_per_sec, 1e-9)
-                    logging.info(
-                        "step %d/%d (epoch %.2f): loss %.4f, top-1 error %.2f%%, lr %.3g | "
-                        "%.2f steps/s, %s left",
-                        step,
-                        num_steps,
-                        step / steps_per_epoch,
-                        record["train/loss"],
-                        record["train/top1_error"],
-                        record["learning_rate"],
-                        steps_per_sec,
-                        time.strftime("%H:%M:%S", time.gmtime(left)),
-                    )
+                    record = _train_record(train_metrics, state, steps_per_sec)
+                    _log_progress(record, step, num_steps, steps_per_epoch)
             if step in eval_at:
                 result = evaluation.evaluate(eval_step, state.params, eval_batches, mesh)
                 last_eval = {f"eval/{k}": v for k, v in result.items()}
