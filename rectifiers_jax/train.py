@@ -90,25 +90,34 @@ def make_train_step(model: models.SPPNet, tx: optax.GradientTransformation, seed
     return train_step
 
 
-def create_train_state(
-    model: models.SPPNet, tx: optax.GradientTransformation, seed: int, image_size: int, mesh
-) -> TrainState:
-    """Replicated initial state, built by one jitted init with output shardings (no host copy)."""
-
+def _train_state_init(
+    model: models.SPPNet, tx: optax.GradientTransformation, seed: int, image_size: int
+) -> Callable[[], TrainState]:
     def init() -> TrainState:
         params = models.init_params(model, jax.random.key(seed, impl=PRNG_IMPL), image_size)
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-    abstract = jax.eval_shape(init)
-    shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-    return jax.jit(init, out_shardings=shardings)()
+    return init
 
 
-def abstract_state(state: TrainState) -> TrainState:
-    """Shape, dtype and sharding of every leaf: the restore target."""
+def abstract_train_state(
+    model: models.SPPNet, tx: optax.GradientTransformation, seed: int, image_size: int, mesh
+) -> TrainState:
+    """Shape, dtype and (replicated) sharding of every leaf, computing nothing: a restore target."""
+    abstract = jax.eval_shape(_train_state_init(model, tx, seed, image_size))
+    sharding = parallel.replicated(mesh)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
     )
+
+
+def create_train_state(
+    model: models.SPPNet, tx: optax.GradientTransformation, seed: int, image_size: int, mesh
+) -> TrainState:
+    """Replicated initial state, built by one jitted init with output shardings (no host copy)."""
+    abstract = abstract_train_state(model, tx, seed, image_size, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    return jax.jit(_train_state_init(model, tx, seed, image_size), out_shardings=shardings)()
 
 
 def prelu_slopes(params) -> dict[str, float]:
@@ -231,7 +240,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = checkpoints.model_from_config(config, info.num_classes)
     tx = optim.make_optimizer(config.optim, steps_per_epoch)
     mesh = parallel.create_mesh()
-    state = create_train_state(model, tx, config.seed, config.data.image_size, mesh)
     plateau = (
         optim.PlateauTracker.from_config(config.optim)
         if config.optim.schedule == "plateau"
@@ -247,10 +255,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     start_step = ckpt.latest_step() or 0
     if start_step:
-        state, metadata = ckpt.restore(start_step, abstract_state(state))
+        # A resume never runs the init: the restore target is shapes and shardings alone.
+        target = abstract_train_state(model, tx, config.seed, config.data.image_size, mesh)
+        state, metadata = ckpt.restore(start_step, target)
         if plateau is not None and "plateau" in metadata:
             plateau.load_state_dict(metadata["plateau"])
         logging.info("resumed from step %d in %s", start_step, workdir)
+    else:
+        state = create_train_state(model, tx, config.seed, config.data.image_size, mesh)
 
     train_step = jax.jit(
         make_train_step(model, tx, config.seed),
