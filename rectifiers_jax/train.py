@@ -231,7 +231,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir.mkdir(parents=True, exist_ok=True)
     files = RunFiles(workdir)
     info = input_pipeline.get_info(config.data)
-    files.write_config(_resolved(config, info.num_classes))
     steps_per_epoch = input_pipeline.steps_per_epoch(info, config.train.global_batch_size)
     num_steps = _num_steps(config, steps_per_epoch)
     parallel.check_batch_size(config.train.global_batch_size)
@@ -263,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("resumed from step %d in %s", start_step, workdir)
     else:
         state = create_train_state(model, tx, config.seed, config.data.image_size, mesh)
+    # Written once the run is known to start or resume: a refused resume leaves the old file.
+    files.write_config(_resolved(config, info.num_classes))
 
     train_step = jax.jit(
         make_train_step(model, tx, config.seed),

@@ -215,6 +215,8 @@ def test_restore_mismatch_names_step_and_path(data_dir, tmp_path):
     wider.model.width = 0.125
     with pytest.raises(checkpoints.CheckpointError, match=r"step 4 .*checkpoints"):
         train.train_and_evaluate(wider, str(tmp_path))
+    # Nothing of the run was overwritten by the refused resume.
+    assert checkpoints.load_config(tmp_path).model.width == 0.0625
 
 
 def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(data_dir, tmp_path):
