@@ -15,3 +15,15 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> str:
+    """scikit-learn's digits prepared once per session as a TFDS dataset."""
+    from rectifiers_jax import datasets  # imports TensorFlow: only when a test needs the data
+
+    data_dir = str(tmp_path_factory.getbasetemp() / "digits_tfds")
+    datasets.prepare_digits(data_dir)
+    return data_dir

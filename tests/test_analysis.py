@@ -18,44 +18,29 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import support
 
 from configs import default
-from rectifiers_jax import checkpoints, datasets, input_pipeline, models, train
+from rectifiers_jax import checkpoints, input_pipeline, models, train
 from rectifiers_jax.analysis import curves, dead_units, paper, report, slopes
 
 NUM_CLASSES = 10  # the digits
 
 
 def tiny_config(data_dir: str | Path, **model: Any) -> ml_collections.ConfigDict:
-    """net14 at width 1/16 on the digits: 4 steps, logged every 2, evaluated at the end."""
-    config = default.get_config()
-    config.data.data_dir = str(data_dir)
-    config.model.width = 0.0625
+    """support.tiny_config with model fields set and 4 training steps."""
+    config = support.tiny_config(data_dir, **{"train.num_steps": 4})
     config.model.update(model)
-    config.train.global_batch_size = 16
-    config.train.eval_batch_size = 128
-    config.train.num_steps = 4
-    config.train.log_every_steps = 2
-    config.train.eval_every_epochs = 0
-    config.train.checkpoint_every_steps = 4
     return config
 
 
 @pytest.fixture(scope="session")
-def analysis_digits_dir(tmp_path_factory) -> str:
-    """The digits prepared once per session (same folder as test_datasets' `digits_dir`)."""
-    data_dir = str(tmp_path_factory.getbasetemp() / "digits_tfds")
-    datasets.prepare_digits(data_dir)
-    return data_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, analysis_digits_dir) -> Path:
+def tiny_run(tmp_path_factory, digits_dir) -> Path:
     """A real PReLU run of 4 steps, trained once per session (reused if already done)."""
     workdir = tmp_path_factory.getbasetemp() / "analysis_tiny_run"
     status = workdir / "status.json"
     if not (status.exists() and json.loads(status.read_text())["status"] == "done"):
-        result = train.train_and_evaluate(tiny_config(analysis_digits_dir), str(workdir))
+        result = train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
         assert result["status"] == "done"
     return workdir
 

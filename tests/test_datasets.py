@@ -86,14 +86,6 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> str:
-    """scikit-learn's digits prepared once per session (shared by the pipeline tests)."""
-    data_dir = str(tmp_path_factory.getbasetemp() / "digits_tfds")
-    datasets.prepare_digits(data_dir)
-    return data_dir
-
-
-@pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.getbasetemp() / "photo_folder"
     return root if root.exists() else make_photo_folder(root)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_datasets import digits_dir, encode, photo  # noqa: F401  (session fixture)
+from test_datasets import encode, photo
 
 from configs.default import get_config
 from rectifiers_jax import (
@@ -89,7 +89,7 @@ def make_run(
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory, digits_dir) -> pathlib.Path:  # noqa: F811
+def digits_run(tmp_path_factory, digits_dir) -> pathlib.Path:
     overrides = dict(data_dir=digits_dir, eval_resize=88, mean="per_channel")
     return make_run(tmp_path_factory.mktemp("eval") / "digits_run", overrides, 10, 100)
 

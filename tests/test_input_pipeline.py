@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from test_datasets import (  # Shared session fixtures and helpers.
     data_config,
-    digits_dir,  # noqa: F401
     photo_folder,  # noqa: F401
     tiny_photos_dir,  # noqa: F401
 )

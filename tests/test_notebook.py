@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbclient
 import nbformat
-from test_analysis import analysis_digits_dir, tiny_run  # noqa: F401  (shared session fixtures)
+from test_analysis import tiny_run  # noqa: F401  (shared session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "inspect_run.ipynb"

@@ -13,36 +13,13 @@ from pathlib import Path
 
 import chex
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from support import tiny_config
 
-from configs import default
 from rectifiers_jax import checkpoints, models, optim, parallel, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_dir: Path, **overrides) -> ml_collections.ConfigDict:
-    """The default config shrunk to a few seconds a run: narrow net14 on the digits."""
-    config = default.get_config()
-    config.data.data_dir = str(data_dir)
-    config.model.width = 0.0625
-    config.train.global_batch_size = 16
-    config.train.eval_batch_size = 128
-    config.train.num_steps = 12
-    config.train.log_every_steps = 2
-    config.train.eval_every_epochs = 0
-    config.train.checkpoint_every_steps = 4
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tfds")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -96,9 +73,9 @@ def test_sharded_step_equals_single_device_and_compiles_once():
     assert not np.allclose(initial["conv1"]["kernel"], params_8["conv1"]["kernel"])
 
 
-def test_preempted_run_resumes_bit_identical(data_dir, tmp_path):
+def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     straight = tmp_path / "straight"
-    result = train.train_and_evaluate(tiny_config(data_dir), str(straight))
+    result = train.train_and_evaluate(tiny_config(digits_dir), str(straight))
     assert result["status"] == "done" and result["step"] == 12
 
     interrupted = tmp_path / "interrupted"
@@ -110,7 +87,7 @@ def test_preempted_run_resumes_bit_identical(data_dir, tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=preempt_after_first_log, daemon=True).start()
-    first = train.train_and_evaluate(tiny_config(data_dir), str(interrupted))
+    first = train.train_and_evaluate(tiny_config(digits_dir), str(interrupted))
     assert first["status"] == "preempted" and 2 <= first["step"] < 12
     status = json.loads((interrupted / "status.json").read_text())
     assert status == {
@@ -123,7 +100,7 @@ def test_preempted_run_resumes_bit_identical(data_dir, tmp_path):
         == first["step"]
     )
 
-    second = train.train_and_evaluate(tiny_config(data_dir), str(interrupted))
+    second = train.train_and_evaluate(tiny_config(digits_dir), str(interrupted))
     assert second["status"] == "done" and second["step"] == 12
     a = checkpoints.load_params(straight)
     b = checkpoints.load_params(interrupted)
@@ -135,7 +112,7 @@ def test_preempted_run_resumes_bit_identical(data_dir, tmp_path):
     last = records[-1]
     for key in ("train/loss", "train/top1_error", "learning_rate", "steps_per_sec", "epoch"):
         assert key in last
-    layers = models.activated_layers(checkpoints.model_from_config(tiny_config(data_dir), 10))
+    layers = models.activated_layers(checkpoints.model_from_config(tiny_config(digits_dir), 10))
     assert {f"slope/{layer}" for layer in layers} <= set(last)
     assert {f"dead/{layer}" for layer in layers} <= set(last)
     assert last["eval/num_examples"] == 360
@@ -146,10 +123,10 @@ def test_preempted_run_resumes_bit_identical(data_dir, tmp_path):
     assert json.loads((straight / "status.json").read_text())["status"] == "done"
 
 
-def test_non_finite_loss_stops_with_diverged_and_keeps_last_finite_checkpoint(data_dir, tmp_path):
+def test_non_finite_loss_stops_with_diverged_and_keeps_last_finite_checkpoint(digits_dir, tmp_path):
     # He-initialised fc layers on [-128, 128] pixels start with huge logits and blow up at lr 0.01
     # (the reason the paper gives the large models fixed small fc stds).
-    config = tiny_config(data_dir, **{"train.checkpoint_every_steps": 1})
+    config = tiny_config(digits_dir, **{"train.checkpoint_every_steps": 1})
     config.model.fc_std = None
     config.optim.learning_rate = 0.5
     result = train.train_and_evaluate(config, str(tmp_path))
@@ -165,15 +142,15 @@ def test_non_finite_loss_stops_with_diverged_and_keeps_last_finite_checkpoint(da
         assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
 
 
-def test_global_batch_that_does_not_divide_by_devices_is_refused(data_dir, tmp_path):
-    config = tiny_config(data_dir, **{"train.global_batch_size": 12})
+def test_global_batch_that_does_not_divide_by_devices_is_refused(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, **{"train.global_batch_size": 12})
     with pytest.raises(
         ValueError, match=r"train.global_batch_size=12 does not divide by the 8 devices"
     ):
         train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_default_config_end_to_end_through_the_cli(data_dir, tmp_path):
+def test_default_config_end_to_end_through_the_cli(digits_dir, tmp_path):
     """The README's main job, shortened: the real entry point, flags and overrides."""
     workdir = tmp_path / "run"
     command = [
@@ -182,7 +159,7 @@ def test_default_config_end_to_end_through_the_cli(data_dir, tmp_path):
         "rectifiers_jax.main",
         "--config=configs/default.py",
         f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
+        f"--config.data.data_dir={digits_dir}",
         "--config.train.num_steps=60",
         "--config.train.log_every_steps=20",
     ]
@@ -209,9 +186,9 @@ def test_default_config_end_to_end_through_the_cli(data_dir, tmp_path):
     )
 
 
-def test_restore_mismatch_names_step_and_path(data_dir, tmp_path):
-    train.train_and_evaluate(tiny_config(data_dir, **{"train.num_steps": 4}), str(tmp_path))
-    wider = tiny_config(data_dir, **{"train.num_steps": 8})
+def test_restore_mismatch_names_step_and_path(digits_dir, tmp_path):
+    train.train_and_evaluate(tiny_config(digits_dir, **{"train.num_steps": 4}), str(tmp_path))
+    wider = tiny_config(digits_dir, **{"train.num_steps": 8})
     wider.model.width = 0.125
     with pytest.raises(checkpoints.CheckpointError, match=r"step 4 .*checkpoints"):
         train.train_and_evaluate(wider, str(tmp_path))
@@ -219,8 +196,8 @@ def test_restore_mismatch_names_step_and_path(data_dir, tmp_path):
     assert checkpoints.load_config(tmp_path).model.width == 0.0625
 
 
-def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(data_dir, tmp_path):
-    config = tiny_config(data_dir)
+def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(digits_dir, tmp_path):
+    config = tiny_config(digits_dir)
     config.optim.schedule = "plateau"
     config.optim.plateau_patience = 1
     config.optim.plateau_min_delta = 100.0  # no evaluation can improve by 100 points
