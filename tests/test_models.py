@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import hand_layers
 
 from rectifiers_jax import initializers, models
 
@@ -32,25 +33,7 @@ MIN_IMAGE = {"net14": 77, "model_a": 111}
 
 def paper_layers(name: str) -> list[tuple[str, int, int, int]]:
     """Weight layers (name, k, c_in, c_out) of the full-width 1000-class models; fc: k = 1."""
-    if name in ("net14", "net30"):
-        rows = [("conv1", 7, 3, 64)]
-        rows += [(f"conv2_{i + 1}", 2, 64 if i == 0 else 128, 128) for i in range(4)]
-        extra = 16 if name == "net30" else 0
-        rows += [(f"conv3_{i + 1}", 2, 128 if i == 0 else 256, 256) for i in range(6 + extra)]
-        spp_in = 50 * 256  # SPP {6,3,2,1} = 50 bins
-    else:
-        depth, widths = {
-            "model_a": (5, (256, 512, 512)),
-            "model_b": (6, (256, 512, 512)),
-            "model_c": (6, (384, 768, 896)),
-        }[name]
-        rows, c_in = [("conv1", 7, 3, 96)], 96
-        for stage, c_out in enumerate(widths, start=2):
-            for i in range(depth):
-                rows.append((f"conv{stage}_{i + 1}", 3, c_in, c_out))
-                c_in = c_out
-        spp_in = 63 * c_in  # SPP {7,3,2,1} = 63 bins
-    return rows + [("fc1", 1, spp_in, 4096), ("fc2", 1, 4096, 4096), ("fc3", 1, 4096, 1000)]
+    return [(layer, k, c_in, c_out) for layer, k, c_in, c_out, _ in hand_layers(name)]
 
 
 @functools.cache

@@ -10,39 +10,11 @@ from __future__ import annotations
 import functools
 
 import pytest
+from support import hand_layers
 
 from rectifiers_jax import models, summary
 
 PAPER_MACS = {"model_a": 1.90e10, "model_b": 2.32e10, "model_c": 5.30e10}
-
-
-def hand_layers(name: str) -> list[tuple[str, int, int, int, int]]:
-    """(name, k, c_in, c_out, h_out) of every weight layer; fc layers have k = h_out = 1."""
-    if name in ("net14", "net30"):
-        # conv1 7x7/2 unpadded: 224 -> 109; pool1 3x3/3 -> 36; 2x2 convs alternate pad 0 / pad 1:
-        # 35, 36, 35, 36; pool2 2x2/2 -> 18; then 17, 18, ...; SPP {6,3,2,1}: 50 bins x 256.
-        extra = 16 if name == "net30" else 0
-        rows = [("conv1", 7, 3, 64, 109)]
-        rows += [(f"conv2_{i + 1}", 2, 128 if i else 64, 128, (35, 36)[i % 2]) for i in range(4)]
-        rows += [
-            (f"conv3_{i + 1}", 2, 256 if i else 128, 256, (17, 18)[i % 2]) for i in range(6 + extra)
-        ]
-        spp_in = 50 * 256
-    else:
-        # conv1 7x7/2 -> 112; 2x2 max pools; 3x3 'same' stages at 56, 28, 14; SPP {7,3,2,1}: 63.
-        depth, widths = {
-            "model_a": (5, (256, 512, 512)),
-            "model_b": (6, (256, 512, 512)),
-            "model_c": (6, (384, 768, 896)),
-        }[name]
-        rows, c_in = [("conv1", 7, 3, 96, 112)], 96
-        for stage, (c_out, side) in enumerate(zip(widths, (56, 28, 14), strict=True), start=2):
-            for i in range(depth):
-                rows.append((f"conv{stage}_{i + 1}", 3, c_in, c_out, side))
-                c_in = c_out
-        spp_in = 63 * c_in
-    fcs = [("fc1", 1, spp_in, 4096, 1), ("fc2", 1, 4096, 4096, 1), ("fc3", 1, 4096, 1000, 1)]
-    return rows + fcs
 
 
 def hand_macs(name: str) -> int:
