@@ -16,7 +16,7 @@ augmentation seed are stateless functions of (seed, host, epoch, window or index
 Evaluation (`eval_iterator`) gives each host a disjoint part of the split, pads every host to the
 same number of steps with masked dummies (`mask` False), and so counts every example once.
 
-TensorFlow only runs on the CPU here: it is never given an accelerator.
+TensorFlow only runs on the CPU here: importing `preprocessing` hides every accelerator from it.
 """
 
 from __future__ import annotations
@@ -47,17 +47,6 @@ __all__ = [
     "steps_per_epoch",
     "train_iterator",
 ]
-
-
-def _hide_accelerators() -> None:
-    """Keep TensorFlow off GPUs/TPUs so JAX owns them; harmless if TF already started."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.set_visible_devices([], "TPU")
-    except (RuntimeError, ValueError):
-        # Already initialised (visible devices are then fixed) or no such device type.
-        if tf.config.get_visible_devices("GPU"):
-            logging.warning("TensorFlow already holds a GPU; call input_pipeline before TF uses it")
 
 
 def _options() -> tf.data.Options:
@@ -108,7 +97,6 @@ def _host_key(seed: int, process_index: int) -> tf.Tensor:
 
 def get_info(data_config) -> DatasetInfo:
     """Classes and split sizes of `data_config`'s dataset (see `datasets.DatasetInfo`)."""
-    _hide_accelerators()
     return datasets.get_info(data_config)
 
 
@@ -171,7 +159,6 @@ def train_iterator(
     0..255 units minus the configured mean (`preprocessing.train_image`). Bit-identical for
     the same seed, host count and start_step (see the module docstring).
     """
-    _hide_accelerators()
     process_index, process_count = _process(process_index, process_count)
     batch_size = _host_batch_size(global_batch_size, process_count, "train.global_batch_size")
     if start_step < 0:
@@ -287,7 +274,6 @@ def eval_iterator(
     `resize` overrides config.data.eval_resize. Every host runs the same number of steps; padding
     examples have mask False, so the masked examples over all hosts are the split, once each.
     """
-    _hide_accelerators()
     if protocol not in PROTOCOLS:
         raise ValueError(f"eval protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     split = split or data_config.eval_split

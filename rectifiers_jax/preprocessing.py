@@ -42,15 +42,22 @@ import tensorflow as tf
 _log = logging.getLogger(__name__)
 
 
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow is only the input pipeline: it must never take the accelerator JAX uses."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError as e:  # Raised when TF's devices were already initialised.
-        _log.warning("Could not hide GPUs from TensorFlow (devices already initialised): %s", e)
+def _hide_accelerators_from_tensorflow() -> None:
+    """TensorFlow is only the input pipeline: it must never take the GPU or TPU JAX uses.
+
+    Runs when this module is imported, which every TensorFlow user here (datasets,
+    input_pipeline) does before its first TF op.
+    """
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except ValueError:
+            pass  # TensorFlow knows no such device type on this machine: nothing to hide.
+        except RuntimeError as e:  # Raised when TF's devices were already initialised.
+            _log.warning("Could not hide %ss from TensorFlow (already initialised): %s", kind, e)
 
 
-_hide_gpus_from_tensorflow()
+_hide_accelerators_from_tensorflow()
 
 TRAIN_RECIPES = ("resize", "scale_jitter")
 

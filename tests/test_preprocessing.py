@@ -68,8 +68,9 @@ def _seed(i: int, dtype=tf.int64) -> tf.Tensor:
 # ----------------------------------------------------------------------------- config
 
 
-def test_gpu_hidden_from_tensorflow(monkeypatch, caplog):
+def test_accelerators_hidden_from_tensorflow(monkeypatch, caplog):
     assert tf.config.get_visible_devices("GPU") == []
+    assert tf.config.get_visible_devices("TPU") == []
 
     def initialised(*args, **kwargs):
         raise RuntimeError("Visible devices cannot be modified after being initialized")
@@ -77,8 +78,8 @@ def test_gpu_hidden_from_tensorflow(monkeypatch, caplog):
     # Too late to hide them (TF already initialised by someone else): logged, not swallowed.
     monkeypatch.setattr(tf.config, "set_visible_devices", initialised)
     with caplog.at_level(logging.WARNING):
-        pp._hide_gpus_from_tensorflow()
-    assert "Could not hide GPUs" in caplog.text
+        pp._hide_accelerators_from_tensorflow()
+    assert "Could not hide GPUs" in caplog.text and "Could not hide TPUs" in caplog.text
 
 
 def test_from_config_reads_the_data_section():
