@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     # inputs span about [-128, 128], and He-initialised fc layers would start with logits in
     # the hundreds and diverge at lr 0.01 (they do here at step 3).
     config.model.fc_std = ml_collections.FieldReference((0.01, 0.01, 0.001), field_type=tuple)
+    # "fixed": fc_std as given; "full_width": each std rescaled so fan_in * std^2 equals the
+    # paper's width-1 model's (CPU-scale analogues of the paper's deep models; see models.py).
+    config.model.fc_std_scaling = "fixed"
     config.model.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()

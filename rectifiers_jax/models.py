@@ -16,6 +16,11 @@ Choices where the paper is open (all are `build` options):
     A/B/C; we use the same for net14 and net30).
   * the last fc layer is initialised like the others unless `fc_std` is given (the paper's large
     models use 0.01, 0.01, 0.001 for fc1..fc3 because their inputs span about [-128, 128]).
+  * fixed fc stds at reduced width (`fc_std_scaling`): "fixed" uses them as given; "full_width"
+    multiplies each by sqrt(n_full / n), n the fc layer's fan-in, so that n * Var[w] (the factor
+    of Eq. 10 that sets a layer's gain) equals the paper's full-width model's. Fixed stds do not
+    follow the width the way the conv layers' fan-in rules do: at width 1/16 with an SPP
+    {3,2,1}, model B's fc1..fc3 would otherwise shrink the logits' std 136-fold.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def _activation(kind: str | None, *, lrelu_slope: float, a_init: float) -> nn.Mo
 
 
 ACTIVATIONS = ("relu", "lrelu", "prelu", "prelu_shared")
+FC_STD_SCALINGS = ("fixed", "full_width")
 
 
 def initial_slope(activation: str, *, lrelu_slope: float = 0.01, a_init: float = 0.25) -> float:
@@ -353,6 +359,29 @@ _ARCHITECTURES = {
 NAMES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
+def fc_fan_ins(architecture: Architecture) -> tuple[int, ...]:
+    """Fan-in of fc1, fc2, ...: last conv channels x SPP bins, then the hidden fc widths."""
+    last_conv = [layer for layer in architecture.layers if isinstance(layer, Conv)][-1]
+    bins = sum(level * level for level in architecture.spp_levels)
+    return (last_conv.features * bins, *architecture.fc_features)
+
+
+def full_width_fc_std(
+    name: str, architecture: Architecture, fc_std: Sequence[float]
+) -> tuple[float, ...]:
+    """`fc_std` rescaled so each fc layer's fan_in * std^2 equals the paper's width-1 model's.
+
+    The reference is model `name` at width 1.0 with its paper pyramid ({6,3,2,1} or {7,3,2,1}).
+    """
+    reference = _ARCHITECTURES[name](1.0, "alternate", None)
+    return tuple(
+        std * math.sqrt(full / actual)
+        for std, full, actual in zip(
+            fc_std, fc_fan_ins(reference), fc_fan_ins(architecture), strict=True
+        )
+    )
+
+
 def build(
     name: str,
     *,
@@ -364,6 +393,7 @@ def build(
     spp_levels: Sequence[int] | None = None,
     layer_scales: dict[str, float] | None = None,
     fc_std: Sequence[float] | None = None,
+    fc_std_scaling: str = "fixed",
     dtype: Any = jnp.float32,
     **options: Any,
 ) -> SPPNet:
@@ -380,6 +410,8 @@ def build(
       spp_levels: SPP pyramid; default {6,3,2,1} (net14/30) or {7,3,2,1} (A/B/C).
       layer_scales: per-layer variance factors on top of `init_scale`, e.g. {"conv1": 2.0}.
       fc_std: fixed Gaussian stds for fc1..fc3 instead of the named init.
+      fc_std_scaling: "fixed" (use `fc_std` as given) or "full_width" (rescale it so every fc
+        layer's fan_in * std^2 is the paper's full-width model's; see the module docstring).
       dtype: compute dtype of activations (float32 or bfloat16); parameters stay float32.
       **options: further `SPPNet` fields: init_scale, dropout_rate, lrelu_slope, a_init,
         spp_bins ("spp_net" or "adaptive"), pool_type ("max" or "avg").
@@ -405,6 +437,12 @@ def build(
         raise ValueError(f"unknown pool_type {options['pool_type']!r}; valid: 'max', 'avg'")
     if fc_std is not None and len(fc_std) != 3:
         raise ValueError(f"fc_std needs 3 stds (fc1, fc2, fc3), got {tuple(fc_std)}")
+    if fc_std_scaling not in FC_STD_SCALINGS:
+        raise ValueError(
+            f"unknown fc_std_scaling {fc_std_scaling!r}; valid: {', '.join(FC_STD_SCALINGS)}"
+        )
+    if fc_std_scaling == "full_width" and fc_std is None:
+        raise ValueError("fc_std_scaling='full_width' rescales fc_std, which is None; set fc_std")
     if not width > 0:
         raise ValueError(f"width multiplier must be > 0, got {width}")
     if name.startswith("model_") and conv_padding != "alternate":
@@ -416,13 +454,17 @@ def build(
     bad_layers = sorted(set(layer_scales or {}) - layer_names)
     if bad_layers:
         raise ValueError(f"layer_scales names unknown layer(s) {', '.join(bad_layers)} of {name}")
+    if fc_std is not None:
+        fc_std = tuple(fc_std)
+        if fc_std_scaling == "full_width":
+            fc_std = full_width_fc_std(name, architecture, fc_std)
     return SPPNet(
         architecture,
         num_classes=num_classes,
         activation=activation,
         init_scheme=init,
         layer_scales=tuple(sorted((layer_scales or {}).items())),
-        fc_std=None if fc_std is None else tuple(fc_std),
+        fc_std=fc_std,
         dtype=jnp.dtype(dtype),
         **options,
     )

@@ -322,6 +322,32 @@ def test_fc_std():
         np.testing.assert_array_equal(params[name]["kernel"], base[name]["kernel"])
 
 
+def test_full_width_fc_std_keeps_the_full_width_fan_in_times_variance():
+    # Width 0.25: fc1 fan-in 64 * 50 bins = 3200 against 256 * 50 = 12800 at full width, fc2
+    # and fc3 1024 against 4096, so every std doubles; the convs keep their He init.
+    _, base = small()
+    _, params = small(fc_std=(0.01, 0.01, 0.001), fc_std_scaling="full_width")
+    for name, std in zip(FCS, (0.02, 0.02, 0.002), strict=True):
+        assert_variance(params[name]["kernel"], std**2, name)
+    for name in CONVS:
+        np.testing.assert_array_equal(params[name]["kernel"], base[name]["kernel"])
+
+
+def test_full_width_fc_std_of_the_cpu_scale_model_b():
+    # fc1: 512 channels x 63 bins ({7,3,2,1}) = 32256 at full width; 32 x 14 ({3,2,1}) = 448
+    # at width 1/16, a 72-fold smaller fan-in. fc2, fc3: 4096 against 256.
+    model = models.build(
+        "model_b",
+        width=1 / 16,
+        spp_levels=(3, 2, 1),
+        fc_std=(0.01, 0.01, 0.001),
+        fc_std_scaling="full_width",
+    )
+    np.testing.assert_allclose(model.fc_std, (0.01 * math.sqrt(72), 0.04, 0.004), rtol=1e-12)
+    full = models.build("model_b", fc_std=(0.01, 0.01, 0.001), fc_std_scaling="full_width")
+    np.testing.assert_allclose(full.fc_std, (0.01, 0.01, 0.001), rtol=1e-12)
+
+
 @pytest.mark.parametrize("activation", ["prelu", "prelu_shared"])
 def test_he_prelu_uses_the_initial_slope(activation):
     _, base = small()
@@ -379,6 +405,8 @@ def test_unknown_initializer_names_valid_ones():
         {"width": 0.0},
         {"pool_type": "median"},
         {"conv_padding": "valid"},
+        {"fc_std_scaling": "width"},
+        {"fc_std_scaling": "full_width"},  # with fc_std None there is nothing to rescale
     ],
 )
 def test_bad_build_options_raise(options):
