@@ -59,6 +59,16 @@ def test_large_models_use_the_papers_fc_stds_and_lrelu_slope_reaches_the_model()
     assert load("configs/net14.py:act=lrelu,slope=0.25").model.lrelu_slope == 0.25
 
 
+def test_cpu_scale_models_keep_the_full_width_fc_gain():
+    # model B at width 1/16, SPP {3,2,1}: fc1 fan-in 32 * 14 = 448 against 512 * 63 = 32256
+    # (72-fold), fc2 and fc3 256 against 4096 (16-fold); net30 at 1/8: 8-fold everywhere.
+    expected = {"model_b": (0.01 * 72**0.5, 0.04, 0.004), "net30": (0.01, 0.01, 0.001)}
+    expected["net30"] = tuple(std * 8**0.5 for std in expected["net30"])
+    for name, stds in expected.items():
+        model = checkpoints.model_from_config(load(f"configs/cpu.py:model={name}"), 10)
+        assert model.fc_std == pytest.approx(stds, rel=1e-9)
+
+
 def test_bad_config_arguments_name_the_valid_ones():
     # --config.KEY=VALUE overrides need absl's two-pass parse: tests/test_train.py runs them.
     with pytest.raises(flags.IllegalFlagValueError, match="unknown config argument 'depth'"):
