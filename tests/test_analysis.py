@@ -338,6 +338,14 @@ def test_curves_csv_equals_metrics(tmp_path, capsys):
     losses = [float(r["value"]) for r in read_csv(png.with_suffix(".csv"))]
     assert losses == [2.0, 1.0, 2.0 / 3, 0.5]
 
+    assert curves.main([str(he), str(xavier), "--splits", "eval", "--out", str(png)]) == 0
+    rows = read_csv(png.with_suffix(".csv"))
+    assert [(r["run"], r["split"], float(r["value"])) for r in rows] == [
+        ("he", "eval", 41.5),
+        ("he", "eval", 11.5),
+        ("xavier", "eval", 91.4),
+    ]
+
 
 def test_curves_bad_input(tmp_path, capsys):
     assert curves.main([str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 2
@@ -345,6 +353,9 @@ def test_curves_bad_input(tmp_path, capsys):
     fresh = fabricate_run(tmp_path / "fresh", tiny_config(tmp_path))
     assert curves.main([str(fresh), "--out", str(tmp_path / "c.png")]) == 2
     assert "has no metrics.jsonl records yet" in one_line_error(capsys)
+    run = fabricate_run(tmp_path / "run", tiny_config(tmp_path), metrics=fake_metrics([80, 40]))
+    assert curves.main([str(run), "--splits", "test", "--out", str(tmp_path / "c.png")]) == 2
+    assert "--splits 'test': each must be one of train, eval" in one_line_error(capsys)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 
 Reads each run's metrics.jsonl (`analysis.runs.read_metrics`: a resumed run's repeated steps are
 dropped). `--metric eval/top1_error` (default) plots `train/top1_error` dashed and
-`eval/top1_error` solid, one colour per run; any `train/X` or `eval/X` works. Writes the PNG and,
-beside it, a CSV of every plotted point (run, split, step, epoch, metric, value).
+`eval/top1_error` solid, one colour per run; any `train/X` or `eval/X` works. `--splits eval`
+keeps one line per run (for many runs, e.g. a sweep's seeds). Writes the PNG and, beside it, a
+CSV of every plotted point (run, split, step, epoch, metric, value).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ DEFAULT_METRIC = "eval/top1_error"
 SPLITS = ("train", "eval")
 
 
-def curve_points(workdir: str | epath.PathLike, metric: str, label: str) -> list[dict[str, Any]]:
-    """Every logged point of `train/<name>` and `eval/<name>` (name = `metric` after its split)."""
+def curve_points(
+    workdir: str | epath.PathLike, metric: str, label: str, splits: Sequence[str] = SPLITS
+) -> list[dict[str, Any]]:
+    """Every logged point of `<split>/<name>` for each of `splits` (name = `metric` after its
+    split)."""
     name = metric.split("/", 1)[-1]
     points = []
     for record in runs.read_metrics(workdir):
-        for split in SPLITS:
+        for split in splits:
             key = f"{split}/{name}"
             if record.get(key) is not None:
                 points.append(
@@ -44,16 +48,21 @@ def curve_points(workdir: str | epath.PathLike, metric: str, label: str) -> list
     return points
 
 
-def collect(workdirs: Sequence[str | epath.PathLike], metric: str) -> list[dict[str, Any]]:
+def collect(
+    workdirs: Sequence[str | epath.PathLike], metric: str, splits: Sequence[str] = SPLITS
+) -> list[dict[str, Any]]:
     """Points of every run (labels from `report.run_label`); one-line errors for bad runs."""
+    bad = [split for split in splits if split not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f"--splits {','.join(splits)!r}: each must be one of {', '.join(SPLITS)}")
     points = []
     for workdir in workdirs:
         report.require_run_dir(workdir)
         if not runs.read_metrics(workdir):
             raise ValueError(f"{workdir} has no metrics.jsonl records yet")
-        found = curve_points(workdir, metric, report.run_label(workdir, workdirs))
+        found = curve_points(workdir, metric, report.run_label(workdir, workdirs), splits)
         if not found:
-            raise ValueError(f"{workdir} logged no {metric} (nor its train/eval pair)")
+            raise ValueError(f"{workdir} logged no {metric} for splits {', '.join(splits)}")
         points += found
     return points
 
@@ -93,7 +102,9 @@ def plot(
     name = metric.split("/", 1)[-1]
     axis.set_xlabel("epoch")
     axis.set_ylabel(name + (" (%)" if name.endswith("error") else ""))
-    axis.set_title(f"{name}: train (dashed) and eval (solid)")
+    shown = [split for split in SPLITS if any(p["split"] == split for p in points)]
+    styles = {"train": "train (dashed)", "eval": "eval (solid)"}
+    axis.set_title(f"{name}: " + " and ".join(styles[split] for split in shown))
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize="small")
     with epath.Path(path).open("wb") as f:
@@ -104,9 +115,10 @@ def write_curves(
     workdirs: Sequence[str | epath.PathLike],
     out: str | epath.PathLike,
     metric: str = DEFAULT_METRIC,
+    splits: Sequence[str] = SPLITS,
 ) -> tuple[epath.Path, epath.Path]:
     """Collects, plots to `out` (PNG) and writes the CSV beside it; returns both paths."""
-    points = collect(workdirs, metric)
+    points = collect(workdirs, metric, splits)
     png = epath.Path(out)
     csv_path = png.with_suffix(".csv")
     descriptions = {report.run_label(w, workdirs): _describe(w) for w in workdirs}
@@ -122,9 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--out", default="curves.png", help="PNG path (default %(default)s)")
     parser.add_argument("--metric", default=DEFAULT_METRIC, help="default %(default)s")
+    parser.add_argument(
+        "--splits", default=",".join(SPLITS), help="comma-separated, default %(default)s"
+    )
     args = parser.parse_args(argv)
     try:
-        png, csv_path = write_curves(args.runs, args.out, args.metric)
+        splits = [split for split in args.splits.split(",") if split]
+        png, csv_path = write_curves(args.runs, args.out, args.metric, splits)
     except (OSError, ValueError) as error:
         return report.fail(error)
     print(f"wrote {png} and {csv_path}")
