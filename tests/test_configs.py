@@ -67,6 +67,8 @@ def test_cpu_scale_models_keep_the_full_width_fc_gain():
     for name, stds in expected.items():
         model = checkpoints.model_from_config(load(f"configs/cpu.py:model={name}"), 10)
         assert model.fc_std == pytest.approx(stds, rel=1e-9)
+    table2 = checkpoints.model_from_config(load("configs/cpu.py:model=net14,act=prelu"), 10)
+    assert table2.fc_std == (0.01, 0.01, 0.001)  # the main job's recipe
 
 
 def test_bad_config_arguments_name_the_valid_ones():
