@@ -40,6 +40,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from rectifiers_jax import cli
 from rectifiers_jax.analysis import runs
 
 LAUNCH_DIR = Path(__file__).resolve().parent
@@ -392,8 +393,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = _subprocess_runner)
         name = "tpu" if args.tpu else "slurm" if args.slurm else "local"
         return run_sweep(sweep, name, tpu_name=args.tpu or "", dry_run=args.dry_run, runner=runner)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.fail(error)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""What every command-line entry shares: a readable log."""
+"""What every command-line entry shares: a readable log and one-line errors for bad input."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 
 class _QuietLibraries(logging.Filter):
@@ -16,6 +17,13 @@ class _QuietLibraries(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= self.level or not any(p in record.pathname for p in self.PATHS)
+
+
+def fail(error: BaseException | str) -> int:
+    """Print `error: <first line>` to stderr; the CLIs' exit status for bad input (2)."""
+    lines = str(error).strip().splitlines()
+    print(f"error: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
+    return 2
 
 
 def quiet_library_logs(level: int = logging.WARNING) -> None:

@@ -648,8 +648,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     try:
         main(argv)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.fail(error))
 
 
 if __name__ == "__main__":

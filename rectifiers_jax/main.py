@@ -49,8 +49,7 @@ def run() -> None:
         app.run(main)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
         # Bad input: one line naming the field or file, not a stack of internals.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.fail(error))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectifiers_jax import models
+from rectifiers_jax import cli, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows = summarize(model, args.image_size)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.fail(error)
     print(f"{args.model} ({args.activation}) at {args.image_size}x{args.image_size}")
     print(format_table(rows))
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from etils import epath
 
+from rectifiers_jax import cli
 from rectifiers_jax.analysis import report, runs
 
 DEFAULT_METRIC = "eval/top1_error"
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits = [split for split in args.splits.split(",") if split]
         png, csv_path = write_curves(args.runs, args.out, args.metric, splits)
     except (OSError, ValueError) as error:
-        return report.fail(error)
+        return cli.fail(error)
     print(f"wrote {png} and {csv_path}")
     return 0
 

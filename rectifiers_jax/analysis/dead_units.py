@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from rectifiers_jax import checkpoints, input_pipeline, models
+from rectifiers_jax import checkpoints, cli, input_pipeline, models
 from rectifiers_jax.analysis import report, runs, slopes
 
 CSV_NAME = "dead_units.csv"
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the side-by-side table as CSV here")
     args = parser.parse_args(argv)
     if args.num_batches is not None and args.num_batches < 1:
-        return report.fail(f"--num-batches must be >= 1, got {args.num_batches}")
+        return cli.fail(f"--num-batches must be >= 1, got {args.num_batches}")
     report.quiet_logs()
     tables, lines = {}, []
     try:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out:
             report.write_csv(merged, args.out)
     except (OSError, ValueError, checkpoints.CheckpointError) as error:
-        return report.fail(error)
+        return cli.fail(error)
     print("\n".join(lines))
     print("fraction of units never positive ('dead'); 'logged': last training-batch value")
     print(report.text_table(merged))

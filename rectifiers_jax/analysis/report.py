@@ -22,6 +22,7 @@ from typing import Any
 
 from etils import epath
 
+from rectifiers_jax import cli
 from rectifiers_jax.analysis import paper, runs, sweep_table
 
 Row = Mapping[str, Any]
@@ -67,13 +68,6 @@ def markdown_table(rows: Sequence[Row], floatfmt: str = ".2f") -> str:
 def write_csv(rows: Sequence[Row], path: str | epath.PathLike) -> None:
     """CSV with a header row; numbers written in full precision, None as empty."""
     epath.Path(path).write_text(sweep_table.to_csv([dict(r) for r in rows]) if rows else "")
-
-
-def fail(error: BaseException | str) -> int:
-    """Print `error: <first line>` to stderr; the CLIs' exit status for bad input (2)."""
-    lines = str(error).strip().splitlines()
-    print(f"error: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
-    return 2
 
 
 def quiet_logs() -> None:
@@ -272,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out:
             epath.Path(args.out).write_text(text)
     except (OSError, ValueError) as error:
-        return fail(error)
+        return cli.fail(error)
     print(text, end="")
     if args.out:
         print(f"wrote {args.out}")

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rectifiers_jax import checkpoints, models
+from rectifiers_jax import checkpoints, cli, models
 from rectifiers_jax.analysis import paper, report, runs
 
 CSV_NAME = "slopes.csv"
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         csv_path = epath.Path(args.workdir) / CSV_NAME
         report.write_csv(table_rows(stats, run.config.model.name), csv_path)
     except (OSError, ValueError, checkpoints.CheckpointError) as error:
-        return report.fail(error)
+        return cli.fail(error)
     print(heading(run))
     print(format_slopes(stats, run.config.model.name))
     print(f"wrote {csv_path}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from etils import epath
 
+from rectifiers_jax import cli
 from rectifiers_jax.analysis import runs
 
 DEFAULT_STALL_EPOCHS = 5.0
@@ -259,8 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_classes=args.num_classes,
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.fail(error)
     root = epath.Path(args.sweep_dir)
     table = rows(summary, results)
     markdown = to_markdown(table)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectifiers_jax import initializers, models
+from rectifiers_jax import cli, initializers, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return cli.fail(error)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"variance_{args.model}_{args.activation}"
