@@ -3,12 +3,13 @@
     python -m launch.sweep configs/sweeps/cpu_figures.py:fig2 --local   # model B, 22 layers
     python -m launch.sweep configs/sweeps/cpu_figures.py:fig3 --local   # net30, 30 layers
     python -m rectifiers_jax.analysis.sweep_table runs/sweeps/fig2_cpu --scale-key seed
-    python -m rectifiers_jax.analysis.curves runs/sweeps/fig2_cpu/* --out runs/fig2_cpu.png
+    python -m rectifiers_jax.analysis.curves runs/sweeps/fig2_cpu/init=* --splits eval \
+        --out runs/fig2_cpu.png
 
 Six trials of `configs/cpu.py` (ReLU, 30 epochs) each: the conv init of the paper's figure (He
 fan-out, Eq. 14, for model B as in the paper's large models; He fan-in, Eq. 10, for net30) and
 Xavier, for seeds 0, 1 and 2 (the seed sets the init, the data order and dropout). Hardware: a
-2-core CPU, about 2 minutes per model B trial and 3 per net30 trial. Expected (the README
+2-core CPU, about 2 minutes per model B trial and 2.5 per net30 trial. Expected (the README
 records the numbers): Fig. 2, both converge and He leaves chance earlier; Fig. 3, He converges
 and Xavier stalls at chance (90% error).
 """
