@@ -447,3 +447,49 @@ def test_conv_padding_is_refused_for_the_large_models():
     with pytest.raises(ValueError, match="conv_padding applies to net14/net30 only"):
         models.build("model_a", conv_padding="same")
     assert models.build("net30", conv_padding="same").architecture.layers[2].padding == "SAME"
+
+
+def _numpy_conv(x: np.ndarray, kernel: np.ndarray, pad: int) -> np.ndarray:
+    """Direct NHWC/HWIO convolution at stride 1 with `pad` zero pixels per side (float64)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    k = kernel.shape[0]
+    out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
+    out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            out += np.einsum("bhwc,cd->bhwd", x[:, i : i + out_h, j : j + out_w], kernel[i, j])
+    return out
+
+
+@pytest.mark.parametrize(("kernel_size", "pad"), [(2, 1), (2, 0), (3, 1)])
+def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_size, pad):
+    """The pad-then-VALID lowering of net14's 2x2 pad-1 convs computes the same function.
+
+    Forward against a NumPy convolution; gradients (input and kernel) against the same layer
+    written as one explicitly padded `lax.conv_general_dilated`, the pre-fix formulation.
+    """
+    layer = models.ConvLayer(
+        6, initializers.get("he_fan_in"), None, kernel_size=kernel_size, padding=pad
+    )
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))
+    params = layer.init(jax.random.key(0), x)["params"]
+    kernel = np.asarray(params["kernel"])
+    np.testing.assert_allclose(
+        layer.apply({"params": params}, x), _numpy_conv(np.asarray(x), kernel, pad), atol=1e-5
+    )
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    cotangent = jax.random.normal(jax.random.key(2), reference(x, kernel).shape)
+    ours = jax.grad(
+        lambda x, k: jnp.sum(layer.apply({"params": {**params, "kernel": k}}, x) * cotangent),
+        argnums=(0, 1),
+    )(x, params["kernel"])
+    theirs = jax.grad(lambda x, k: jnp.sum(reference(x, k) * cotangent), argnums=(0, 1))(
+        x, params["kernel"]
+    )
+    for got, want in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
