@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -288,35 +287,6 @@ def load_config(workdir: str | epath.PathLike) -> ml_collections.ConfigDict:
     return config
 
 
-def model_from_config(
-    config: ml_collections.ConfigDict, num_classes: int | None = None
-) -> models.SPPNet:
-    """`models.build(config.model.name, **config.model)`, with JSON/ConfigDict types converted.
-
-    The class count is `config.model.num_classes` when the config has it, else `num_classes`
-    (the dataset's); both given and different is an error.
-    """
-    options = _lists_to_tuples(config.model.to_dict())
-    name = options.pop("name")
-    configured = options.pop("num_classes", None)
-    if configured is not None and num_classes is not None and configured != num_classes:
-        raise ValueError(
-            f"config.model.num_classes={configured} disagrees with num_classes={num_classes} "
-            "(the dataset's, or the checkpoint's last fc layer)"
-        )
-    classes = configured if configured is not None else num_classes
-    if classes is None:
-        raise ValueError(
-            "number of classes unknown: set config.model.num_classes or pass num_classes "
-            "(the dataset's, e.g. datasets.get_info(config.data).num_classes)"
-        )
-    if options.get("layer_scales") is not None:
-        options["layer_scales"] = dict(options["layer_scales"])
-    if "dtype" in options:
-        options["dtype"] = jnp.dtype(options["dtype"])  # JSON stores "float32"/"bfloat16"
-    return models.build(name, num_classes=int(classes), **options)
-
-
 def _reader(workdir: str | epath.PathLike) -> tuple[ocp.CheckpointManager, epath.Path]:
     directory = checkpoint_dir(workdir)
     if not directory.exists():
@@ -414,5 +384,5 @@ def load_model(
     """
     config = load_config(workdir)
     params = load_params(workdir, step)
-    model = model_from_config(config, _output_width(params))
+    model = models.from_config(config.model, _output_width(params))
     return model, {"params": params}

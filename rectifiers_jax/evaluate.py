@@ -50,7 +50,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -111,25 +110,6 @@ def canvas_side(scale: int, max_aspect: float) -> int:
     return math.ceil(scale * max_aspect - 1e-9)  # - 1e-9: 3 * (4/3) must stay 4, not 5.
 
 
-@functools.lru_cache(maxsize=4096)
-def valid_sizes(architecture: models.Architecture, height: int, width: int) -> np.ndarray:
-    """int32 [L + 1, 2]: (rows, cols) of the image (row 0) and of every layer's output.
-
-    These are the map sizes the bare `height x width` image would give (`feature_map_size` of
-    the first i layers); the last row is the last conv map, the SPP input.
-    """
-    sizes = [
-        [
-            models.feature_map_size(dataclasses.replace(architecture, layers=prefix), side)
-            for side in (height, width)
-        ]
-        for prefix in (architecture.layers[:i] for i in range(len(architecture.layers) + 1))
-    ]
-    out = np.array(sizes, np.int32)
-    out.setflags(write=False)
-    return out
-
-
 def place_on_canvas(image: np.ndarray, canvas: int) -> tuple[np.ndarray, int, int, bool]:
     """(float32 [canvas, canvas, 3] with `image` top-left and zeros elsewhere, rows, cols,
     cropped): a side longer than the canvas is centre-cropped to it first."""
@@ -150,12 +130,12 @@ def dense_groups(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-shape batches of `group_size` images from the dense pipeline's one-image batches.
 
-    Yields `{"image": float32 [G, C, C, 3], "sizes": int32 [G, L + 1, 2] (valid_sizes),
+    Yields `{"image": float32 [G, C, C, 3], "sizes": int32 [G, L + 1, 2] (models.map_sizes),
     "label": int32 [G], "mask": bool [G], "cropped": bool [G]}` with C = `canvas`. The last
     group is padded with masked dummies, so a host with n one-image batches yields
     ceil(n / G) groups (the pipeline gives every host the same n).
     """
-    full = valid_sizes(architecture, canvas, canvas)
+    full = models.map_sizes(architecture, canvas, canvas)
     rows: list[tuple[np.ndarray, np.ndarray, int, bool, bool]] = []
 
     def stack() -> dict[str, np.ndarray]:
@@ -176,7 +156,7 @@ def dense_groups(
             raise ValueError(f"dense batches hold one image, got {batch['image'].shape}")
         image, height, width, cropped = place_on_canvas(batch["image"][0], canvas)
         mask = bool(batch["mask"][0])
-        sizes = valid_sizes(architecture, height, width) if mask else full
+        sizes = models.map_sizes(architecture, height, width) if mask else full
         rows.append((image, sizes, int(batch["label"][0]), mask, cropped and mask))
         if len(rows) == group_size:
             yield stack()
@@ -194,45 +174,12 @@ def _flip_valid(image: jax.Array, width: jax.Array) -> jax.Array:
     return jax.vmap(lambda im, idx: jnp.take(im, idx, axis=1))(image, cols)
 
 
-def _valid_region_interceptor(architecture: models.Architecture, sizes: jax.Array) -> Callable:
-    """A flax method interceptor that blanks every conv/pool input outside the valid region.
-
-    `sizes` int32 [B, L + 1, 2] (`valid_sizes`): layer i's input is valid on
-    [0, sizes[:, i, 0]) x [0, sizes[:, i, 1]). Outside, a conv input becomes 0 (the zero padding
-    the bare image's map would get) and a padded max pool's input -inf (flax pads max pools with
-    -inf); unpadded pools never read outside, so their fill does not matter.
-    """
-    index = {layer.name: i for i, layer in enumerate(architecture.layers)}
-
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if (
-            context.method_name != "__call__"
-            or not isinstance(module, models.ConvLayer | models.PoolLayer)
-            or module.name not in index
-        ):
-            return next_fun(*args, **kwargs)
-        x, *rest = args
-        i = index[module.name]
-        rows = jnp.arange(x.shape[1])[None, :, None] < sizes[:, i, 0, None, None]
-        cols = jnp.arange(x.shape[2])[None, None, :] < sizes[:, i, 1, None, None]
-        padded_max = (
-            isinstance(module, models.PoolLayer) and module.kind == "max" and module.padding != 0
-        )
-        fill = -jnp.inf if padded_max else 0.0
-        x = jnp.where((rows & cols)[..., None], x, jnp.asarray(fill, x.dtype))
-        return next_fun(x, *rest, **kwargs)
-
-    return interceptor
-
-
 def make_dense_probs(model: models.SPPNet, window: int) -> Callable:
     """(params, batch) -> [B, K] softmax averaged over the valid windows of image and flip.
 
     `batch` as `dense_groups` yields it (image [B, C, C, 3], sizes [B, L + 1, 2]); `window` is
     the last-conv-map side of one image_size view.
     """
-    architecture = model.architecture
 
     def probs_fn(params, batch):
         image, sizes = batch["image"], batch["sizes"]
@@ -240,8 +187,9 @@ def make_dense_probs(model: models.SPPNet, window: int) -> Callable:
         both = jnp.stack([image, _flip_valid(image, sizes[:, 0, 1])], axis=1)
         both = both.reshape(-1, *image.shape[1:])  # [2B, C, C, 3]
         sizes2 = jnp.repeat(sizes, 2, axis=0)
-        with nn.intercept_methods(_valid_region_interceptor(architecture, sizes2)):
-            logits = model.apply({"params": params}, both, window=window)  # [2B, R, S, K]
+        logits = model.apply(
+            {"params": params}, both, window=window, valid_sizes=sizes2
+        )  # [2B, R, S, K]
         probs = jax.nn.softmax(logits)
         # Windows lying fully inside the valid last conv map: top-left corner r <= rows - window.
         last = sizes2[:, -1]

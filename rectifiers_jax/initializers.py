@@ -22,8 +22,6 @@ Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 FanMode = Literal["fan_in", "fan_out", "fan_avg"]
 Distribution = Literal["normal", "truncated_normal", "uniform"]
 
-# std of a standard normal truncated to [-2, 2]; dividing by it restores unit variance.
-_TRUNCATED_STD = 0.87962566103423978
 DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
 FAN_MODES = ("fan_in", "fan_out", "fan_avg")
 
@@ -40,37 +38,26 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
     return receptive * shape[-2], receptive * shape[-1]
 
 
-def _sample(key: jax.Array, shape: Sequence[int], dtype, std: float, distribution: str):
-    """Zero-mean draw with standard deviation `std` from the named distribution family."""
-    if distribution == "normal":
-        unit = jax.random.normal(key, shape, jnp.float32)
-    elif distribution == "truncated_normal":
-        unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) / _TRUNCATED_STD
-    elif distribution == "uniform":
-        # U(-sqrt(3), sqrt(3)) has unit variance.
-        unit = jax.random.uniform(key, shape, jnp.float32, -math.sqrt(3.0), math.sqrt(3.0))
-    else:
-        raise ValueError(
-            f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
-        )
-    return (unit * std).astype(dtype)
-
-
 def variance_scaling(
     gain: float, mode: FanMode = "fan_in", distribution: Distribution = "normal"
 ) -> Initializer:
-    """Var[w] = gain / n, with n the fan-in, fan-out or their average."""
+    """Var[w] = gain / n, with n the fan-in, fan-out or their average.
+
+    The draw is `jax.nn.initializers.variance_scaling` (input axis -2, output axis -1, as HWIO
+    and (in, out) kernels are laid out); its "normal" is untruncated and its
+    "truncated_normal" is cut at +-2 sigma and rescaled to the requested variance.
+    """
     if mode not in FAN_MODES:
         raise ValueError(f"unknown fan mode {mode!r}; valid: {', '.join(FAN_MODES)}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}"
         )
+    draw = jax.nn.initializers.variance_scaling(gain, mode, distribution, in_axis=-2, out_axis=-1)
 
     def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-        fan_in, fan_out = compute_fans(shape)
-        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
-        return _sample(key, shape, dtype, math.sqrt(gain / n), distribution)
+        compute_fans(shape)  # the one-line error for a shape without in and out axes
+        return draw(key, tuple(shape), dtype)
 
     return init
 
@@ -104,10 +91,7 @@ def glorot_uniform(scale: float = 1.0) -> Initializer:
 def fixed_normal(std: float, scale: float = 1.0) -> Initializer:
     """Zero-mean Gaussian with a fixed std (the paper's large-model fc layers: 0.01, 0.001)."""
 
-    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-        return _sample(key, shape, dtype, std * math.sqrt(scale), "normal")
-
-    return init
+    return jax.nn.initializers.normal(std * math.sqrt(scale))
 
 
 # name -> factory(scale, slope) -> Initializer. `slope` is the activation's initial negative

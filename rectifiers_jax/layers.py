@@ -59,6 +59,30 @@ class ReLU(nn.Module):
         return nn.relu(y)
 
 
+ACTIVATIONS = ("relu", "lrelu", "prelu", "prelu_shared")
+PRELU_ACTIVATIONS = ("prelu", "prelu_shared")
+
+
+def make_activation(
+    kind: str, *, lrelu_slope: float = 0.01, a_init: float = 0.25, name: str | None = None
+) -> nn.Module:
+    """The activation module named by `kind` (one of `ACTIVATIONS`); PReLU's parameter is `a`."""
+    if kind == "relu":
+        return ReLU(name=name)
+    if kind == "lrelu":
+        return LeakyReLU(slope=lrelu_slope, name=name)
+    if kind in PRELU_ACTIVATIONS:
+        return PReLU(shared=kind == "prelu_shared", a_init=a_init, name=name)
+    raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+def initial_slope(activation: str, *, lrelu_slope: float = 0.01, a_init: float = 0.25) -> float:
+    """Negative slope of an activation at initialisation (the `a` of paper Eq. 15)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    return {"relu": 0.0, "lrelu": lrelu_slope}.get(activation, a_init)
+
+
 SppBins = Literal["spp_net", "adaptive"]
 
 

@@ -3,9 +3,11 @@ large models A, B and C (Table 3), all as one spec-driven `SPPNet`.
 
 Every model is convolutions and max pools, a spatial pyramid pooling layer, and three fc layers.
 Layer names follow the paper's tables (`conv1`, `conv2_1`, ..., `fc1`, `fc2`, `fc3`). Each
-activated layer records its pre-activation response y_l (paper Eqs. 9, 13) as
-`intermediates/<layer>/response` and exposes a zero perturbation of it
-(`perturbations/<layer>/response`) whose gradient is dE/dy_l; both cost nothing unless asked for.
+activated layer sows its pre-activation response y_l (paper Eqs. 9, 13) as
+`intermediates/<layer>/response` (stored only when `apply` makes `intermediates` mutable). With
+`probe_gradients=True` it also adds a zero perturbation `perturbations/<layer>/response` whose
+gradient is dE/dy_l (Eq. 13); off by default, so `model.init` returns `{"params"}` alone and
+parameters made at one image size apply at any other (the point of SPP).
 
 Choices where the paper is open (all are `build` options):
   * net14 padding (`conv_padding`): conv1 unpadded (224 -> 109), pool1 3x3/3 (-> 36), the 2x2
@@ -26,6 +28,7 @@ Choices where the paper is open (all are `build` options):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -33,10 +36,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from rectifiers_jax import initializers
-from rectifiers_jax.layers import LeakyReLU, PReLU, ReLU, SpatialPyramidPooling, spp_bin_edges
+from rectifiers_jax.layers import (
+    ACTIVATIONS,
+    SpatialPyramidPooling,
+    initial_slope,
+    make_activation,
+    spp_bin_edges,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,27 +91,7 @@ def _output_size(size: int, kernel: int, stride: int, padding: int | str) -> int
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _activation(kind: str | None, *, lrelu_slope: float, a_init: float) -> nn.Module | None:
-    if kind is None:
-        return None
-    if kind == "relu":
-        return ReLU(name="act")
-    if kind == "lrelu":
-        return LeakyReLU(slope=lrelu_slope, name="act")
-    if kind == "prelu":
-        return PReLU(shared=False, a_init=a_init, name="act")
-    if kind == "prelu_shared":
-        return PReLU(shared=True, a_init=a_init, name="act")
-    raise ValueError(f"unknown activation {kind!r}; valid: {', '.join(ACTIVATIONS)}")
-
-
-ACTIVATIONS = ("relu", "lrelu", "prelu", "prelu_shared")
 FC_STD_SCALINGS = ("fixed", "full_width")
-
-
-def initial_slope(activation: str, *, lrelu_slope: float = 0.01, a_init: float = 0.25) -> float:
-    """Negative slope of an activation at initialisation (the `a` of paper Eq. 15)."""
-    return {"relu": 0.0, "lrelu": lrelu_slope, "prelu": a_init, "prelu_shared": a_init}[activation]
 
 
 class _Layer(nn.Module):
@@ -111,6 +101,7 @@ class _Layer(nn.Module):
       features: output channels.
       kernel_init: initializer of the kernel.
       activation: "relu", "lrelu", "prelu", "prelu_shared", or None (the logits layer).
+      probe_gradients: add the zero perturbation whose gradient is dE/dy_l (analysis only).
     """
 
     features: int
@@ -118,6 +109,7 @@ class _Layer(nn.Module):
     activation: str | None = None
     lrelu_slope: float = 0.01
     a_init: float = 0.25
+    probe_gradients: bool = False
 
     def respond(self, y: jnp.ndarray) -> jnp.ndarray:
         bias = self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32)
@@ -125,10 +117,13 @@ class _Layer(nn.Module):
         if self.activation is None:
             return y
         # The probes let analysis read Var[y_l] (Eq. 9) and dE/dy_l (Eq. 13) without changing
-        # the forward pass; perturb adds zeros and sow stores only when its collection is mutable.
-        y = self.perturb("response", y)
+        # the forward pass; sow stores only when `intermediates` is mutable.
+        if self.probe_gradients:
+            y = self.perturb("response", y)
         self.sow("intermediates", "response", y)
-        act = _activation(self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        act = make_activation(
+            self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init, name="act"
+        )
         return act(y)
 
 
@@ -189,7 +184,9 @@ class PoolLayer(nn.Module):
 class SPPNet(nn.Module):
     """Convs/pools -> SPP -> fc1 -> fc2 -> fc3 (logits), as in the paper's Tables 1 and 3.
 
-    Input `[B, H, W, 3]` float images; output `[B, num_classes]` float32 logits.
+    Input `[B, H, W, 3]` float images; output `[B, num_classes]` float32 logits. The fields
+    mirror `config.model` (see `from_config`); `init_scheme` is `config.model.init`, renamed
+    because flax reserves `init` for the method.
     """
 
     architecture: Architecture
@@ -205,6 +202,7 @@ class SPPNet(nn.Module):
     spp_bins: str = "spp_net"
     pool_type: str = "max"
     dtype: Any = jnp.float32
+    probe_gradients: bool = False
 
     def kernel_init(self, layer: str, index: int | None = None) -> initializers.Initializer:
         """One layer's kernel initializer: the named scheme times global and per-layer scales."""
@@ -216,22 +214,38 @@ class SPPNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, train: bool = False, window: int | None = None
+        self,
+        x: jnp.ndarray,
+        train: bool = False,
+        window: int | None = None,
+        valid_sizes: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
         """Logits `[B, num_classes]`; with `window`, logits of every window of the last conv map.
 
         `window` (in map pixels) is the paper's multi-view testing on feature maps (Sec. 3.3 of
         SPP-net): the convolutions run once on the whole image, then SPP and the fc layers run
         on every `window x window` sub-map at stride 1, giving `[B, n_rows, n_cols, num_classes]`.
+
+        `valid_sizes` (int32 `[B, L + 1, 2]`, `map_sizes(architecture, h, w)` per image) runs
+        images of different sizes placed top-left on one canvas: layer i's input is blanked
+        outside rows `[0, valid_sizes[:, i, 0])` and cols `[0, valid_sizes[:, i, 1])` (to 0,
+        the zero padding a conv of the bare image sees; to -inf before a padded max pool), so
+        each image's valid region of every map equals that of the image run alone.
         """
         if x.ndim != 4:
             raise ValueError(
                 f"{self.architecture.name} needs [B, H, W, C] images, got shape {x.shape}"
             )
         check_image_size(self.architecture, x.shape[1], x.shape[2], self.spp_bins)
-        act = dict(lrelu_slope=self.lrelu_slope, a_init=self.a_init)
+        act = dict(
+            lrelu_slope=self.lrelu_slope, a_init=self.a_init, probe_gradients=self.probe_gradients
+        )
         x = x.astype(self.dtype)
-        for layer in self.architecture.layers:
+        for index, layer in enumerate(self.architecture.layers):
+            if valid_sizes is not None:
+                padded_max = isinstance(layer, Pool) and self.pool_type == "max"
+                fill = -jnp.inf if padded_max and layer.padding != 0 else 0.0
+                x = _blank_outside(x, valid_sizes[:, index], fill)
             if isinstance(layer, Conv):
                 x = ConvLayer(
                     layer.features,
@@ -261,6 +275,29 @@ class SPPNet(nn.Module):
         last = len(self.architecture.fc_features)
         x = DenseLayer(self.num_classes, self.kernel_init(name, last), None, name=name, **act)(x)
         return x.astype(jnp.float32).reshape(*grid, -1) if grid else x.astype(jnp.float32)
+
+
+def _blank_outside(x: jnp.ndarray, size: jnp.ndarray, fill: float) -> jnp.ndarray:
+    """`x` [B, H, W, C] with positions outside the top-left `size` [B, 2] (rows, cols) = fill."""
+    rows = jnp.arange(x.shape[1])[None, :, None] < size[:, 0, None, None]
+    cols = jnp.arange(x.shape[2])[None, None, :] < size[:, 1, None, None]
+    return jnp.where((rows & cols)[..., None], x, jnp.asarray(fill, x.dtype))
+
+
+@functools.lru_cache(maxsize=4096)
+def map_sizes(architecture: Architecture, height: int, width: int) -> np.ndarray:
+    """int32 [L + 1, 2]: (rows, cols) of a `height x width` image (row 0) and of every layer's
+    output (`feature_map_size` of the first i layers); the last row is the SPP input."""
+    sizes = [
+        [
+            feature_map_size(dataclasses.replace(architecture, layers=prefix), side)
+            for side in (height, width)
+        ]
+        for prefix in (architecture.layers[:i] for i in range(len(architecture.layers) + 1))
+    ]
+    out = np.array(sizes, np.int32)
+    out.setflags(write=False)
+    return out
 
 
 def sliding_windows(fmap: jnp.ndarray, window: int) -> tuple[jnp.ndarray, tuple[int, int, int]]:
@@ -488,3 +525,30 @@ def activated_layers(model: SPPNet) -> list[str]:
     """Names of the layers followed by an activation, in depth order (13 for net14)."""
     convs = [layer.name for layer in model.architecture.layers if isinstance(layer, Conv)]
     return convs + [f"fc{i + 1}" for i in range(len(model.architecture.fc_features))]
+
+
+def from_config(model_config: Any, num_classes: int | None = None) -> SPPNet:
+    """`build(model_config.name, **model_config)`, from a config section or a dict (JSON types).
+
+    The class count is `model_config.num_classes` when set, else `num_classes` (the dataset's,
+    or a checkpoint's last fc layer); both given and different is an error.
+    """
+    options = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+    name = options.pop("name")
+    configured = options.pop("num_classes", None)
+    if configured is not None and num_classes is not None and configured != num_classes:
+        raise ValueError(
+            f"config.model.num_classes={configured} disagrees with num_classes={num_classes} "
+            "(the dataset's, or the checkpoint's last fc layer)"
+        )
+    classes = configured if configured is not None else num_classes
+    if classes is None:
+        raise ValueError(
+            "number of classes unknown: set config.model.num_classes or pass num_classes "
+            "(the dataset's, e.g. data.get_info(config.data).num_classes)"
+        )
+    if options.get("layer_scales") is not None:
+        options["layer_scales"] = dict(options["layer_scales"])
+    if "dtype" in options:
+        options["dtype"] = jnp.dtype(options["dtype"])  # JSON stores "float32"/"bfloat16"
+    return build(name, num_classes=int(classes), **options)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectifiers_jax import cli, models
+from rectifiers_jax import cli, layers, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help=f"one of {', '.join(models.NAMES)}")
     parser.add_argument(
-        "--activation", default="relu", help=f"one of {', '.join(models.ACTIVATIONS)}"
+        "--activation", default="relu", help=f"one of {', '.join(layers.ACTIVATIONS)}"
     )
     parser.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier")

@@ -236,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.train.global_batch_size)
     parallel.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
 
-    model = checkpoints.model_from_config(config, info.num_classes)
+    model = models.from_config(config.model, info.num_classes)
     tx = optim.make_optimizer(config.optim, steps_per_epoch)
     mesh = parallel.create_mesh()
     plateau = (

@@ -136,7 +136,7 @@ def test_paper_table1_and_result_lookup():
 @pytest.mark.parametrize("activation", ["prelu", "prelu_shared"])
 def test_slopes_table_matches_numpy(tmp_path, capsys, activation):
     config = tiny_config(tmp_path / "tfds", activation=activation)
-    model = checkpoints.model_from_config(config, NUM_CLASSES)
+    model = models.from_config(config.model, NUM_CLASSES)
     params = synthetic_params(model)
     rng = np.random.default_rng(1)
     layers = models.activated_layers(model)
@@ -241,7 +241,7 @@ def test_dead_units_match_numpy_count(tmp_path, tiny_run, capsys):
     assert "256 validation images" in out
 
     # NumPy count over the same 2 batches: responses never > 0 in a real (mask True) example.
-    model = checkpoints.model_from_config(config, NUM_CLASSES)
+    model = models.from_config(config.model, NUM_CLASSES)
     apply = jax.jit(
         lambda p, x: model.apply({"params": p}, x, train=False, mutable=["intermediates"])[1]
     )

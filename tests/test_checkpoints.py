@@ -276,16 +276,16 @@ def test_model_from_config_converts_json_types():
     config.model.layer_scales = ml_collections.ConfigDict({"conv1": 2.0})
     config.model.fc_std = [0.01, 0.01, 0.001]
     config.model.dtype = "bfloat16"
-    model = checkpoints.model_from_config(ml_collections.ConfigDict(config.to_dict()), 7)
+    model = models.from_config(ml_collections.ConfigDict(config.to_dict()).model, 7)
     assert model.architecture.spp_levels == (4, 2, 1)
     assert model.layer_scales == (("conv1", 2.0),)
     assert model.fc_std == (0.01, 0.01, 0.001)
     assert model.dtype == jnp.bfloat16 and model.num_classes == 7
 
     config.model.num_classes = 5
-    assert checkpoints.model_from_config(config).num_classes == 5
-    assert checkpoints.model_from_config(config, 5).num_classes == 5
+    assert models.from_config(config.model).num_classes == 5
+    assert models.from_config(config.model, 5).num_classes == 5
     with pytest.raises(ValueError, match="num_classes=5 disagrees with num_classes=7"):
-        checkpoints.model_from_config(config, 7)
+        models.from_config(config.model, 7)
     with pytest.raises(ValueError, match="number of classes unknown"):
-        checkpoints.model_from_config(run_config())
+        models.from_config(run_config().model)

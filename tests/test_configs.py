@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from rectifiers_jax import checkpoints, models
+from rectifiers_jax import models
 
 # (config argument, model name, activation, init, num_classes of its dataset)
 VARIANTS = [
@@ -41,7 +41,7 @@ def load(argument: str):
 @pytest.mark.parametrize(("argument", "name", "activation", "init", "num_classes"), VARIANTS)
 def test_config_loads_and_builds_its_model(argument, name, activation, init, num_classes):
     config = load(argument)
-    model = checkpoints.model_from_config(config, num_classes)
+    model = models.from_config(config.model, num_classes)
     assert (model.architecture.name, model.activation, model.init_scheme) == (
         name,
         activation,
@@ -65,9 +65,9 @@ def test_cpu_scale_models_keep_the_full_width_fc_gain():
     expected = {"model_b": (0.01 * 72**0.5, 0.04, 0.004), "net30": (0.01, 0.01, 0.001)}
     expected["net30"] = tuple(std * 8**0.5 for std in expected["net30"])
     for name, stds in expected.items():
-        model = checkpoints.model_from_config(load(f"configs/cpu.py:model={name}"), 10)
+        model = models.from_config(load(f"configs/cpu.py:model={name}").model, 10)
         assert model.fc_std == pytest.approx(stds, rel=1e-9)
-    table2 = checkpoints.model_from_config(load("configs/cpu.py:model=net14,act=prelu"), 10)
+    table2 = models.from_config(load("configs/cpu.py:model=net14,act=prelu").model, 10)
     assert table2.fc_std == (0.01, 0.01, 0.001)  # the main job's recipe
 
 

@@ -68,7 +68,7 @@ def make_run(
     config.data.update(data_overrides)
     workdir.mkdir(parents=True)
     (workdir / "config.json").write_text(config.to_json(indent=2))
-    model = checkpoints.model_from_config(config, num_classes)
+    model = models.from_config(config.model, num_classes)
     shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), 80))
     rng = np.random.default_rng(0)
 
@@ -266,7 +266,7 @@ def test_dense_of_an_exact_view_is_the_centre_view_and_its_flip(photo_run):
 @pytest.mark.parametrize("process_count", [1, 2, 3])
 def test_dense_groups_count_every_example_once(photo_run, process_count):
     config = checkpoints.load_config(photo_run)
-    arch = checkpoints.model_from_config(config, 3).architecture
+    arch = models.from_config(config.model, 3).architecture
     counts, group_counts = collections.Counter(), set()
     for index in range(process_count):
         batches, steps = input_pipeline.eval_iterator(
@@ -293,7 +293,7 @@ def test_dense_groups_count_every_example_once(photo_run, process_count):
 
 def test_valid_sizes_follow_the_bare_image():
     arch = models.build("net14", width=0.0625).architecture
-    sizes = evaluate.valid_sizes(arch, 80, 107)
+    sizes = models.map_sizes(arch, 80, 107)
     assert sizes.shape == (len(arch.layers) + 1, 2) and tuple(sizes[0]) == (80, 107)
     assert tuple(sizes[-1]) == (6, models.feature_map_size(arch, 107))
     assert evaluate.canvas_side(256, 4 / 3) == 342 and evaluate.canvas_side(3, 4 / 3) == 4

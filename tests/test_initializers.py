@@ -77,7 +77,13 @@ def test_he_normal_keeps_requested_dtype():
 
 def test_truncated_constant_is_the_truncated_normal_std():
     assert stats.truncnorm(-2.0, 2.0).std() == pytest.approx(TRUNCATED_UNIT_STD, rel=1e-12)
-    assert pytest.approx(TRUNCATED_UNIT_STD, rel=1e-12) == initializers._TRUNCATED_STD
+
+
+def test_he_normal_is_one_gaussian_draw_scaled_by_the_paper_std():
+    """Eq. 10's untruncated Gaussian: the key's standard normal times sqrt(2 / n), n = 576."""
+    key = jax.random.key(5)
+    w = initializers.he_normal("fan_in")(key, CONV)
+    np.testing.assert_array_equal(w, jax.random.normal(key, CONV) * np.float32(np.sqrt(2 / 576)))
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from support import hand_layers
 
-from rectifiers_jax import initializers, models
+from rectifiers_jax import initializers, layers, models
 
 NET14_RELU_PARAMS = 74_993_896
 DEPTH = {"net14": 14, "net30": 30, "model_a": 19, "model_b": 22, "model_c": 22}
@@ -126,7 +126,7 @@ def test_net14_and_net30_layer_names_exactly():
 
 
 @pytest.mark.parametrize("name", models.NAMES)
-@pytest.mark.parametrize("activation", models.ACTIVATIONS)
+@pytest.mark.parametrize("activation", layers.ACTIVATIONS)
 def test_build_every_model_and_activation(name, activation):
     assert isinstance(models.build(name, activation=activation), models.SPPNet)
     logits, variables = _traced(name, activation)
@@ -493,3 +493,31 @@ def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_siz
     )
     for got, want in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_init_returns_only_params_and_applies_at_other_sizes():
+    """The standard Flax idiom works: init at 224, apply at 256 and 320 (SPP's point)."""
+    model = models.build("net14", activation="prelu")
+    variables = jax.eval_shape(
+        lambda key: model.init(key, jnp.zeros((1, 224, 224, 3))), jax.random.key(0)
+    )
+    assert set(variables) == {"params"}
+    assert _count(variables) == NET14_RELU_PARAMS + 10_304
+    for size in (224, 256, 320):
+        logits = jax.eval_shape(
+            lambda v, x: model.apply(v, x), variables, jnp.zeros((2, size, size, 3))
+        )
+        assert logits.shape == (2, 1000)
+    table = model.tabulate(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), depth=1)
+    assert f"Total Parameters: {NET14_RELU_PARAMS + 10_304:,} " in re.sub(
+        r"\x1b\[[0-9;]*m", "", table
+    )
+
+
+def test_gradient_probes_are_opt_in():
+    model = models.build("net14", width=0.0625, num_classes=10, probe_gradients=True)
+    variables = jax.eval_shape(
+        lambda key: model.init(key, jnp.zeros((1, 80, 80, 3))), jax.random.key(0)
+    )
+    assert set(variables) == {"params", "perturbations"}
+    assert set(variables["perturbations"]) == set(models.activated_layers(model))

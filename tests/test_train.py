@@ -112,7 +112,7 @@ def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     last = records[-1]
     for key in ("train/loss", "train/top1_error", "learning_rate", "steps_per_sec", "epoch"):
         assert key in last
-    layers = models.activated_layers(checkpoints.model_from_config(tiny_config(digits_dir), 10))
+    layers = models.activated_layers(models.from_config(tiny_config(digits_dir).model, 10))
     assert {f"slope/{layer}" for layer in layers} <= set(last)
     assert {f"dead/{layer}" for layer in layers} <= set(last)
     assert last["eval/num_examples"] == 360

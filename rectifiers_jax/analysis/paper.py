@@ -4,7 +4,7 @@ and the ImageNet 2012 validation errors, keyed so a run's config finds its row.
     paper.table1_slope("conv1", "prelu")      # 0.596 (channel-wise mean)
     paper.find_result("net14", "prelu", "he_fan_in", "10view", (256,))
 
-A result row is keyed by model name (`models.NAMES`), activation (`models.ACTIVATIONS`), init
+A result row is keyed by model name (`models.NAMES`), activation (`layers.ACTIVATIONS`), init
 family ("he" for every `he_*` scheme, "xavier" for `xavier` and `glorot_uniform`), protocol
 ("10view" or "dense", as in `input_pipeline.PROTOCOLS`) and test scales (shorter sides; None:
 the paper gives none). Leaky ReLU and the 6-model ensemble have no row here.

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rectifiers_jax import cli, initializers, models
+from rectifiers_jax import cli, initializers, layers, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,12 @@ def measure(
         )
     nets = {
         init: models.build(
-            model_name, activation=activation, width=width, init=init, num_classes=num_classes
+            model_name,
+            activation=activation,
+            width=width,
+            init=init,
+            num_classes=num_classes,
+            probe_gradients=True,
         )
         for init in inits
     }
@@ -199,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--init", default="he_fan_in,xavier", help="comma-separated initializer names"
     )
     parser.add_argument(
-        "--activation", default="relu", help=f"one of {', '.join(models.ACTIVATIONS)}"
+        "--activation", default="relu", help=f"one of {', '.join(layers.ACTIVATIONS)}"
     )
     parser.add_argument(
         "--width", type=float, default=0.25, help="width multiplier (1.0: the paper's)"
