@@ -1,6 +1,6 @@
 """Cost of PReLU against ReLU: train-step time of the same model with each activation.
 
-    python -m benchmarks.activation_cost [--model net14] [--width 0.25] [--image-size 112]
+    python -m benchmarks.activation_cost [--model net14] [--width 0.25] [--image_size 112]
         [--batch 32] [--steps 20] [--json activation_cost.json]
 
 The paper says PReLU's cost is negligible in forward and backward (Sec. 2.1). Every activation is
@@ -10,7 +10,6 @@ absolute times drift on shared machines. Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -18,16 +17,16 @@ import time
 import jax
 import numpy as np
 
-from rectifiers_jax import models, optim, parallel, train
+from rectifiers_jax import cli, models, optim, parallel, train
 
 ACTIVATIONS = ("relu", "lrelu", "prelu_shared", "prelu")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="net14", choices=models.NAMES)
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
         "--steps", type=int, default=20, help="timed steps per activation per round"

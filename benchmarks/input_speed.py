@@ -1,7 +1,7 @@
 """Input-pipeline speed: the paper's training augmentation vs plain JPEG decoding.
 
-    python -m benchmarks.input_speed [--num-images N] [--sizes imagenet|500] [--threads T]
-                                     [--rounds R] [--batch B] [--no-naive] [--json PATH]
+    python -m benchmarks.input_speed [--num_images N] [--sizes imagenet|500] [--threads T]
+                                     [--rounds R] [--batch B] [--no_naive] [--json PATH]
 
 Writes real JPEG files (scikit-image's sample photographs, cropped and resized, quality 90)
 into a temporary directory: `--sizes imagenet` (default) is mostly 500x375-class sizes with a
@@ -29,7 +29,6 @@ the augmentation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -43,7 +42,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from rectifiers_jax import preprocessing as pp
+from rectifiers_jax import cli
+from rectifiers_jax.data import preprocessing as pp
 
 # (width, height) and weights. ImageNet is dominated by ~500x375 / 375x500 / 500x333 JPEGs,
 # with a tail of larger photographs.
@@ -158,14 +158,14 @@ def _consume(ds: tf.data.Dataset) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-images", type=int, default=800, help="images per timed pass")
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_images", type=int, default=800, help="images per timed pass")
     parser.add_argument("--sizes", choices=sorted(SIZES), default="imagenet")
     parser.add_argument("--unique", type=int, default=100, help="distinct JPEG files written")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed passes")
     parser.add_argument("--batch", type=int, default=64, help="batch of the train+batch row")
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive pipeline (c)")
+    parser.add_argument("--no_naive", action="store_true", help="skip the naive pipeline (c)")
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     args = parser.parse_args(argv)
 

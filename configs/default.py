@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.random_flip = False
     # Std of AlexNet's PCA colour altering (0 disables; the paper's recipe uses 0.1).
     config.data.pca_lighting = 0.0
-    # "per_pixel" (the paper; computed by `python -m rectifiers_jax.datasets mean`),
+    # "per_pixel" (the paper; computed by `python -m rectifiers_jax.data mean`),
     # "per_channel", or "none". Pixels stay in [0, 255] minus the mean, as in the paper.
     config.data.mean = "per_channel"
     config.data.shuffle_buffer = 2048

@@ -1,8 +1,8 @@
 """Init-variance ablation sweeps: a grid of config overrides, one workdir per trial.
 
-    python -m launch.sweep configs/sweeps/init_variance.py --dry-run
+    python -m launch.sweep configs/sweeps/init_variance.py --dry_run
     python -m launch.sweep configs/sweeps/init_variance.py --local
-    python -m launch.sweep configs/sweeps/init_variance.py --tpu=ivsweep --sweep-dir gs://B/iv
+    python -m launch.sweep configs/sweeps/init_variance.py --tpu=ivsweep --sweep_dir=gs://B/iv
     python -m launch.sweep configs/sweeps/init_variance.py --slurm
 
 A sweep config is a Python file whose `get_sweep()` returns a ConfigDict with
@@ -23,7 +23,6 @@ Commands are run from the repository root; relative paths are relative to it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import importlib.util
@@ -40,8 +39,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from rectifiers_jax import cli
-from rectifiers_jax.analysis import runs
+from rectifiers_jax import cli, run_files
 
 LAUNCH_DIR = Path(__file__).resolve().parent
 FINISHED = ("done", "diverged")
@@ -141,29 +139,34 @@ def load_sweep(path: str, sweep_dir: str | None = None) -> Sweep:
 
 
 def _assign(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """Sets `config.<key>`, with ConfigDict's type checks; one-line errors for bad keys."""
-    *parents, field = key.split(".")
-    node = config
-    for depth, part in enumerate(parents):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            raise ValueError(
-                f"unknown config key {key!r}: no section {'.'.join(parents[: depth + 1])!r}"
-            )
-        node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+    """Sets `config.<key>` (`update_from_flattened_dict`, with ConfigDict's type checks); a one-
+    line error naming the key and, for an unknown key, the fields that exist."""
+    try:
+        config.update_from_flattened_dict({key: value})
+    except KeyError:
+        *parents, field = key.split(".")
+        node = config
+        for depth, part in enumerate(parents):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ValueError(
+                    f"unknown config key {key!r}: no section {'.'.join(parents[: depth + 1])!r}"
+                ) from None
+            node = node[part]
         where = ".".join(parents) or "the config"
         raise ValueError(
             f"unknown config key {key!r}; fields of {where}: {', '.join(sorted(node))}"
-        )
-    try:
-        node[field] = value
+        ) from None
     except TypeError as error:
         raise ValueError(f"{key}={format_value(value)}: {error}") from None
 
 
 def check_overrides(sweep: Sweep) -> None:
-    """Applies every fixed and swept value to the base config, so a typo fails before any run."""
+    """Applies every fixed and swept value to the base config, so a typo fails before any run.
+
+    The copy is locked, as the main entry point locks it: an unknown key is an error there.
+    """
     config = copy.deepcopy(load_python(sweep.base_config, "get_config"))
+    config.lock()
     for key, value in sweep.fixed.items():
         _assign(config, key, value)
     for key, values in sweep.axes.items():
@@ -210,7 +213,7 @@ def expand(sweep: Sweep) -> list[Trial]:
 def trial_status(trial: Trial) -> str:
     """The trial's status.json status, or "missing" before its first run."""
     try:
-        return runs.read_status(trial.workdir).get("status", "missing")
+        return run_files.read_status(trial.workdir).get("status", "missing")
     except Exception as error:  # gfile raises its own error types for gs:// paths
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"cannot read {trial.workdir}/status.json: {first_line}") from None
@@ -269,7 +272,7 @@ def write_records(sweep: Sweep, trials: Sequence[Trial]) -> None:
         if path.exists():
             if json.loads(path.read_text())["command"] != record["command"]:
                 raise ValueError(
-                    f"{path} was made with a different command; use another --sweep-dir or "
+                    f"{path} was made with a different command; use another --sweep_dir or "
                     f"delete the old trials"
                 )
             continue
@@ -357,14 +360,12 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None, runner: Runner = _subprocess_runner) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m launch.sweep", description=__doc__.splitlines()[0]
-    )
+    parser = cli.ArgumentParser(prog="python -m launch.sweep", description=__doc__.splitlines()[0])
     parser.add_argument(
         "sweep_config", help="Python file with get_sweep(), e.g. configs/sweeps/init_variance.py"
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the commands; write and run nothing"
+        "--dry_run", action="store_true", help="print the commands; write and run nothing"
     )
     backend = parser.add_mutually_exclusive_group()
     backend.add_argument(
@@ -375,26 +376,23 @@ def main(argv: Sequence[str] | None = None, runner: Runner = _subprocess_runner)
     )
     backend.add_argument("--slurm", action="store_true", help="submit each trial as a Slurm job")
     parser.add_argument(
-        "--sweep-dir", help="where the trial workdirs go (default: the config's sweep_dir)"
+        "--sweep_dir", help="where the trial workdirs go (default: the config's sweep_dir)"
     )
     args = parser.parse_args(argv)
-    try:
-        if not (args.local or args.tpu or args.slurm or args.dry_run):
-            raise ValueError(
-                "choose --local, --tpu=NAME or --slurm (or --dry-run to list the trials)"
-            )
-        sweep = load_sweep(args.sweep_config, args.sweep_dir)
-        if args.tpu and not sweep.sweep_dir.startswith("gs://"):
-            raise ValueError(
-                f"--tpu needs the sweep dir on a bucket (TPU workers share no disk), got "
-                f"{sweep.sweep_dir!r}; pass --sweep-dir gs://BUCKET/..."
-            )
-        check_overrides(sweep)
-        name = "tpu" if args.tpu else "slurm" if args.slurm else "local"
-        return run_sweep(sweep, name, tpu_name=args.tpu or "", dry_run=args.dry_run, runner=runner)
-    except ValueError as error:
-        return cli.fail(error)
+    if not (args.local or args.tpu or args.slurm or args.dry_run):
+        raise cli.UsageError(
+            "choose --local, --tpu=NAME or --slurm (or --dry_run to list the trials)"
+        )
+    sweep = load_sweep(args.sweep_config, args.sweep_dir)
+    if args.tpu and not sweep.sweep_dir.startswith("gs://"):
+        raise ValueError(
+            f"--tpu needs the sweep dir on a bucket (TPU workers share no disk), got "
+            f"{sweep.sweep_dir!r}; pass --sweep_dir=gs://BUCKET/..."
+        )
+    check_overrides(sweep)
+    name = "tpu" if args.tpu else "slurm" if args.slurm else "local"
+    return run_sweep(sweep, name, tpu_name=args.tpu or "", dry_run=args.dry_run, runner=runner)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

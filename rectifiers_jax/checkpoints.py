@@ -24,6 +24,7 @@ Notebooks (any machine, any device count; the saving topology does not matter):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -35,15 +36,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from rectifiers_jax import models
+from rectifiers_jax import models, run_files
+from rectifiers_jax.run_files import load_config
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint exists but cannot be restored (corrupt files, or a different state tree)."""
 
 
@@ -52,7 +52,7 @@ def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
     path = epath.Path(workdir)
     if not path.is_absolute():
         path = path.absolute()
-    return path / CHECKPOINT_DIR
+    return path / run_files.CHECKPOINT_DIR
 
 
 def _one_line(error: BaseException) -> str:
@@ -265,34 +265,16 @@ def _tree_mismatch(abstract_state: Any, stored_tree: Any) -> str | None:
 # Notebook API: read a run directory without knowing how it was trained.
 
 
-def _lists_to_tuples(value: Any) -> Any:
-    """JSON has no tuples: turn lists back into the tuples the configs use."""
-    if isinstance(value, list | tuple):
-        return tuple(_lists_to_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _lists_to_tuples(v) for k, v in value.items()}
-    return value
-
-
-def load_config(workdir: str | epath.PathLike) -> ml_collections.ConfigDict:
-    """The run's config from `WORKDIR/config.json` (lists read back as tuples), locked."""
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: {workdir} is not a run directory (training writes config.json "
-            "there at start)"
-        )
-    config = ml_collections.ConfigDict(_lists_to_tuples(json.loads(path.read_text())))
-    config.lock()
-    return config
+def _no_checkpoints(workdir: str | epath.PathLike) -> FileNotFoundError:
+    status = run_files.read_status(workdir)
+    state = f"{status['status']} at step {status['step']}" if status else "not started"
+    return FileNotFoundError(f"{workdir} has no checkpoints yet (status: {state})")
 
 
 def _reader(workdir: str | epath.PathLike) -> tuple[ocp.CheckpointManager, epath.Path]:
     directory = checkpoint_dir(workdir)
     if not directory.exists():
-        raise FileNotFoundError(
-            f"no checkpoint directory {directory} (has this run saved one yet?)"
-        )
+        raise _no_checkpoints(workdir)
     options = ocp.CheckpointManagerOptions(
         read_only=True, create=False, save_interval_steps=0, save_root_metadata=False
     )
@@ -305,7 +287,7 @@ def _reader(workdir: str | epath.PathLike) -> tuple[ocp.CheckpointManager, epath
 def _resolve_step(manager: ocp.CheckpointManager, directory: epath.Path, step: int | None) -> int:
     steps = sorted(manager.all_steps())
     if not steps:
-        raise FileNotFoundError(f"no complete checkpoints in {directory}")
+        raise _no_checkpoints(directory.parent)
     if step is None:
         return steps[-1]
     if step not in steps:
@@ -386,3 +368,26 @@ def load_model(
     params = load_params(workdir, step)
     model = models.from_config(config.model, _output_width(params))
     return model, {"params": params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run loaded from its workdir: config, model, parameters of checkpoint `step`."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: models.SPPNet
+    params: dict[str, Any]
+    step: int
+
+
+def load_run(workdir: str | epath.PathLike, step: int | None = None) -> Run:
+    """Config, model and NumPy parameters of checkpoint `step` (None: the latest).
+
+    Raises FileNotFoundError (one line) for a missing workdir, a run without checkpoints or a
+    step that was not kept.
+    """
+    run_files.require_run_dir(workdir)
+    step = resolve_step(workdir, step)
+    model, variables = load_model(workdir, step)
+    return Run(str(workdir), load_config(workdir), model, variables["params"], step)

@@ -1,9 +1,52 @@
-"""What every command-line entry shares: a readable log and one-line errors for bad input."""
+"""What every command-line tool shares: one flag convention, one log set-up, one-line errors.
+
+Convention: every tool is `python -m rectifiers_jax.<tool>` (or `rectifiers_jax.analysis.<tool>`)
+with `--snake_case=VALUE` flags; argparse tools also accept the hyphenated spelling of a flag
+(`--batch-size` for `--batch_size`). Bad input (a wrong value, a missing file, an unreadable
+checkpoint) ends with one `error: ...` line on stderr and exit code 2 (`EXIT_BAD_INPUT`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+EXIT_DONE = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+# EX_TEMPFAIL (sysexits.h): temporary failure, run it again (schedulers requeue on it).
+EXIT_PREEMPTED = 75
+# What a tool's user can fix: a wrong value, a missing or unreadable file or directory.
+BAD_INPUT = (ValueError, OSError)
+
+
+class UsageError(ValueError):
+    """A command line that cannot be parsed (reported as one line, exit code 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's convention: `--snake_case` flags, hyphenated spellings
+    accepted, and a parse error raised as `UsageError` (one line) instead of usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._snake(arg) for arg in args], namespace)
+
+    def _snake(self, arg: str) -> str:
+        """`--batch-size=8` -> `--batch_size=8` when `--batch_size` is one of our flags."""
+        if not arg.startswith("--"):
+            return arg
+        name, sep, value = arg.partition("=")
+        snake = name[:2] + name[2:].replace("-", "_")
+        return snake + sep + value if snake in self._option_string_actions else arg
 
 
 class _QuietLibraries(logging.Filter):
@@ -19,13 +62,53 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= self.level or not any(p in record.pathname for p in self.PATHS)
 
 
+def setup_logging(library_level: int = logging.WARNING) -> None:
+    """INFO logs through absl's handler; orbax/TFDS/JAX records below `library_level` and
+    TensorFlow's C++ start-up notices dropped."""
+    from absl import flags
+    from absl import logging as absl_logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.use_absl_handler()
+    if not flags.FLAGS.is_parsed():
+        # argparse tools parse their own flags: this stops absl's "logging before flag
+        # parsing" warning.
+        flags.FLAGS.mark_as_parsed()
+    logging.getLogger("absl").addFilter(_QuietLibraries(library_level))
+
+
 def fail(error: BaseException | str) -> int:
-    """Print `error: <first line>` to stderr; the CLIs' exit status for bad input (2)."""
+    """Print `error: <first line>` to stderr; returns `EXIT_BAD_INPUT`."""
     lines = str(error).strip().splitlines()
     print(f"error: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
-def quiet_library_logs(level: int = logging.WARNING) -> None:
-    """Keep orbax/TFDS/JAX records below `level` out of absl's log, whichever handler is active."""
-    logging.getLogger("absl").addFilter(_QuietLibraries(level))
+def run(
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+    *,
+    library_level: int = logging.WARNING,
+) -> NoReturn:
+    """Runs an argparse tool's `main(argv)` and exits with its code; bad input is one line."""
+    setup_logging(library_level)
+    try:
+        code = main(argv)
+    except BAD_INPUT as error:
+        sys.exit(fail(error))
+    sys.exit(code or EXIT_DONE)
+
+
+def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
+    """`absl.app.run(main)` for the tools with `--config` files; bad input is one line."""
+    from absl import app
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").addFilter(_QuietLibraries(logging.WARNING))
+    try:
+        app.run(main)
+    except BAD_INPUT as error:
+        sys.exit(fail(error))

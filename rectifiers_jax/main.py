@@ -8,13 +8,10 @@ Everything else lives in importable modules (`rectifiers_jax.train.train_and_eva
 
 from __future__ import annotations
 
-import os
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from rectifiers_jax import checkpoints, cli, parallel
+from rectifiers_jax import cli, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -29,28 +26,20 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else from env).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_CODES = {
+    "done": cli.EXIT_DONE,
+    "preempted": cli.EXIT_DONE,
+    "diverged": cli.EXIT_DIVERGED,
+}
+
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    # Imported after distributed start-up: train pulls in TensorFlow and touches devices.
-    from rectifiers_jax import train
-
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    return {"done": 0, "preempted": 0, "diverged": 3}[result["status"]]
-
-
-def run() -> None:
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
-    try:
-        app.run(main)
-    except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as error:
-        # Bad input: one line naming the field or file, not a stack of internals.
-        sys.exit(cli.fail(error))
+    return EXIT_CODES[result["status"]]
 
 
 if __name__ == "__main__":
-    run()
+    cli.run_absl(main)

@@ -37,16 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from rectifiers_jax import initializers
-from rectifiers_jax.layers import (
-    ACTIVATIONS,
-    SpatialPyramidPooling,
-    initial_slope,
-    make_activation,
-    spp_bin_edges,
-)
+from rectifiers_jax import initializers, layers
+from rectifiers_jax.layers import ACTIVATIONS, SpatialPyramidPooling, initial_slope, spp_bin_edges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +74,6 @@ class Architecture:
     default_image_size: int = 224
 
 
-def _padding(padding: int | str) -> Any:
-    return padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
-
-
 def _output_size(size: int, kernel: int, stride: int, padding: int | str) -> int:
     if padding == "SAME":
         return math.ceil(size / stride)
@@ -92,93 +81,6 @@ def _output_size(size: int, kernel: int, stride: int, padding: int | str) -> int
 
 
 FC_STD_SCALINGS = ("fixed", "full_width")
-
-
-class _Layer(nn.Module):
-    """Shared part of conv and fc layers: kernel init, bias, response probes, activation.
-
-    Attributes:
-      features: output channels.
-      kernel_init: initializer of the kernel.
-      activation: "relu", "lrelu", "prelu", "prelu_shared", or None (the logits layer).
-      probe_gradients: add the zero perturbation whose gradient is dE/dy_l (analysis only).
-    """
-
-    features: int
-    kernel_init: initializers.Initializer
-    activation: str | None = None
-    lrelu_slope: float = 0.01
-    a_init: float = 0.25
-    probe_gradients: bool = False
-
-    def respond(self, y: jnp.ndarray) -> jnp.ndarray:
-        bias = self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32)
-        y = y + bias.astype(y.dtype)
-        if self.activation is None:
-            return y
-        # The probes let analysis read Var[y_l] (Eq. 9) and dE/dy_l (Eq. 13) without changing
-        # the forward pass; sow stores only when `intermediates` is mutable.
-        if self.probe_gradients:
-            y = self.perturb("response", y)
-        self.sow("intermediates", "response", y)
-        act = make_activation(
-            self.activation, lrelu_slope=self.lrelu_slope, a_init=self.a_init, name="act"
-        )
-        return act(y)
-
-
-class ConvLayer(_Layer):
-    """k x k convolution (HWIO kernel named `kernel`) + bias + activation, NHWC."""
-
-    kernel_size: int = 3
-    stride: int = 1
-    padding: int | str = 0
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        k = self.kernel_size
-        kernel = self.param(
-            "kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32
-        )
-        padding = _padding(self.padding)
-        if isinstance(self.padding, int) and self.padding >= k - 1 > 0:
-            # Same maths, another lowering: XLA:CPU's kernel gradient of a conv padded by
-            # >= k - 1 pixels (net14's 2x2 convs with pad 1) is ~15x slower than that of a
-            # VALID conv on the padded input (4.6 s against 0.3 s for a 35x35x128 map,
-            # batch 32). Smaller pads (3x3 pad 1, 7x7 pad 3) lower well as they are.
-            x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-            padding = "VALID"
-        y = lax.conv_general_dilated(
-            x,
-            kernel.astype(x.dtype),
-            (self.stride, self.stride),
-            padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return self.respond(y)
-
-
-class DenseLayer(_Layer):
-    """Fully connected layer ((in, out) kernel named `kernel`) + bias + optional activation."""
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        return self.respond(x @ kernel.astype(x.dtype))
-
-
-class PoolLayer(nn.Module):
-    """Max or average pooling over `window x window` with the given stride, NHWC."""
-
-    window: int
-    stride: int
-    padding: int | str
-    kind: str = "max"
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        pool = {"max": nn.max_pool, "avg": nn.avg_pool}[self.kind]
-        return pool(x, (self.window,) * 2, (self.stride,) * 2, _padding(self.padding))
 
 
 class SPPNet(nn.Module):
@@ -247,7 +149,7 @@ class SPPNet(nn.Module):
                 fill = -jnp.inf if padded_max and layer.padding != 0 else 0.0
                 x = _blank_outside(x, valid_sizes[:, index], fill)
             if isinstance(layer, Conv):
-                x = ConvLayer(
+                x = layers.ConvLayer(
                     layer.features,
                     self.kernel_init(layer.name),
                     self.activation,
@@ -258,7 +160,7 @@ class SPPNet(nn.Module):
                     **act,
                 )(x)
             else:
-                x = PoolLayer(
+                x = layers.PoolLayer(
                     layer.window, layer.stride, layer.padding, self.pool_type, name=layer.name
                 )(x)
         grid: tuple[int, ...] = ()
@@ -267,13 +169,15 @@ class SPPNet(nn.Module):
         x = SpatialPyramidPooling(self.architecture.spp_levels, self.spp_bins, name="spp")(x)
         for i, features in enumerate(self.architecture.fc_features):
             name = f"fc{i + 1}"
-            x = DenseLayer(features, self.kernel_init(name, i), self.activation, name=name, **act)(
-                x
-            )
+            x = layers.DenseLayer(
+                features, self.kernel_init(name, i), self.activation, name=name, **act
+            )(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         name = f"fc{len(self.architecture.fc_features) + 1}"
         last = len(self.architecture.fc_features)
-        x = DenseLayer(self.num_classes, self.kernel_init(name, last), None, name=name, **act)(x)
+        x = layers.DenseLayer(
+            self.num_classes, self.kernel_init(name, last), None, name=name, **act
+        )(x)
         return x.astype(jnp.float32).reshape(*grid, -1) if grid else x.astype(jnp.float32)
 
 
@@ -368,30 +272,30 @@ def _net_small(
             return "SAME"
         raise ValueError(f"unknown conv_padding {conv_padding!r}; valid: 'alternate', 'same'")
 
-    layers: list[Conv | Pool] = [Conv("conv1", _scaled(64, width), 7, 2, 0), Pool("pool1", 3, 3)]
-    layers += [Conv(f"conv2_{i + 1}", _scaled(128, width), 2, 1, pad(i)) for i in range(4)]
-    layers.append(Pool("pool2", 2, 2))
-    layers += [
+    stack: list[Conv | Pool] = [Conv("conv1", _scaled(64, width), 7, 2, 0), Pool("pool1", 3, 3)]
+    stack += [Conv(f"conv2_{i + 1}", _scaled(128, width), 2, 1, pad(i)) for i in range(4)]
+    stack.append(Pool("pool2", 2, 2))
+    stack += [
         Conv(f"conv3_{i + 1}", _scaled(256, width), 2, 1, pad(i)) for i in range(6 + extra_stage3)
     ]
     fc = (_scaled(4096, width), _scaled(4096, width))
-    return Architecture(name, tuple(layers), fc, tuple(spp_levels or (6, 3, 2, 1)))
+    return Architecture(name, tuple(stack), fc, tuple(spp_levels or (6, 3, 2, 1)))
 
 
 def _net_large(
     name: str, depth_per_stage: int, widths: Sequence[int], width: float, spp_levels
 ) -> Architecture:
     """Models A/B/C (Table 3): conv1 7x7/2, then three 3x3 'same' stages at 56, 28, 14."""
-    layers: list[Conv | Pool] = [Conv("conv1", _scaled(96, width), 7, 2, 3), Pool("pool1", 2, 2)]
+    stack: list[Conv | Pool] = [Conv("conv1", _scaled(96, width), 7, 2, 3), Pool("pool1", 2, 2)]
     for stage, features in enumerate(widths, start=2):
-        layers += [
+        stack += [
             Conv(f"conv{stage}_{i + 1}", _scaled(features, width), 3, 1, 1)
             for i in range(depth_per_stage)
         ]
         if stage < 1 + len(widths):
-            layers.append(Pool(f"pool{stage}", 2, 2))
+            stack.append(Pool(f"pool{stage}", 2, 2))
     fc = (_scaled(4096, width), _scaled(4096, width))
-    return Architecture(name, tuple(layers), fc, tuple(spp_levels or (7, 3, 2, 1)))
+    return Architecture(name, tuple(stack), fc, tuple(spp_levels or (7, 3, 2, 1)))
 
 
 _ARCHITECTURES = {

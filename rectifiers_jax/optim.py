@@ -22,9 +22,9 @@ and `set_learning_rate(opt_state, value)` changes it between jitted steps withou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -107,11 +107,6 @@ def _momentum_sgd_chain(
     )
 
 
-def _check_style(style: str, field: str = "style") -> None:
-    if style not in STYLES:
-        raise ValueError(f"{field} must be one of {STYLES}, got {style!r}")
-
-
 def momentum_sgd(
     learning_rate: float | optax.Schedule,
     momentum: float = 0.9,
@@ -133,11 +128,8 @@ def momentum_sgd(
       An `optax.GradientTransformation` (built with `optax.inject_hyperparams`, so
       `get_learning_rate` / `set_learning_rate` work on its state). `update` needs `params`.
     """
-    _check_style(style)
-    if not callable(learning_rate):
-        _check_nonnegative(learning_rate, "learning_rate")
-    _check_momentum(momentum, "momentum")
-    _check_nonnegative(weight_decay, "weight_decay")
+    if style not in STYLES:
+        raise ValueError(f"momentum style must be one of {STYLES}, got {style!r}")
     # float32 hyperparameters whatever the parameter dtype: a bf16 learning rate would be coarse.
     return optax.inject_hyperparams(
         _momentum_sgd_chain, static_args=("style", "decay_biases"), hyperparam_dtype=jnp.float32
@@ -187,11 +179,9 @@ def set_learning_rate(opt_state: Any, value: float) -> Any:
 
     The new rate keeps the old one's dtype, shape and sharding, so a jitted step taking the
     state does not retrace. Raises ValueError when the rate follows a schedule (optax would
-    silently overwrite a manual value there) or when `value` is negative or not finite.
+    silently overwrite a manual value there).
     """
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"learning_rate must be a finite number >= 0, got {value}")
     target = _single_lr_state(opt_state)
     if "learning_rate" in target.hyperparams_states:
         raise ValueError(
@@ -218,52 +208,26 @@ def set_learning_rate(opt_state: Any, value: float) -> Any:
 # Plateau schedule (host side)
 
 
+@dataclasses.dataclass
 class PlateauTracker:
     """Decides when to drop the learning rate because the validation error plateaus.
 
     The paper switches 1e-2 -> 1e-3 -> 1e-4 "when the error plateaus" (Sec. 4) without a
     precise rule; ours: an evaluation improves when its error is below the best so far by more
     than `min_delta`; after `patience` evaluations in a row without improvement, `update`
-    returns True (drop the rate by `factor`) and the count restarts. The best error is kept
-    across drops. At most `max_drops` drops (None: no limit); the paper made 2.
+    returns True (drop the rate by the config's `decay_factor`) and the count restarts. The
+    best error is kept across drops. At most `max_drops` drops (None: no limit); the paper made 2.
 
     Units: `patience` in evaluations (not epochs); `min_delta` in the units of the errors
     passed to `update` (percent in this project, so 0.1 is 0.1 percentage points).
     """
 
-    def __init__(
-        self,
-        patience: int,
-        min_delta: float = 0.0,
-        factor: float = 0.1,
-        max_drops: int | None = None,
-    ) -> None:
-        def is_int(x: Any) -> bool:
-            return _is_scalar_number(x) and math.isfinite(float(x)) and float(x) == int(x)
-
-        if not is_int(patience) or patience < 1:
-            raise ValueError(f"plateau patience must be an integer >= 1, got {patience!r}")
-        if not _is_scalar_number(min_delta) or not float(min_delta) >= 0:
-            raise ValueError(f"plateau min_delta must be a number >= 0, got {min_delta!r}")
-        if not _is_scalar_number(factor) or not 0 < float(factor) <= 1:
-            raise ValueError(f"plateau factor must be in (0, 1], got {factor!r}")
-        if max_drops is not None and (not is_int(max_drops) or max_drops < 0):
-            raise ValueError(
-                f"plateau max_drops must be None or an integer >= 0, got {max_drops!r}"
-            )
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.factor = float(factor)
-        self.max_drops = None if max_drops is None else int(max_drops)
-        self.best: float | None = None
-        self.num_bad = 0
-        self.num_drops = 0
-
-    @classmethod
-    def from_config(cls, optim_config: Any) -> PlateauTracker:
-        """From `config.optim`: plateau_patience, plateau_min_delta, decay_factor and
-        plateau_max_drops (whatever `schedule` says)."""
-        return _plateau_tracker_from_config(optim_config)
+    patience: int
+    min_delta: float = 0.0
+    max_drops: int | None = None
+    best: float | None = None
+    num_bad: int = 0
+    num_drops: int = 0
 
     def update(self, eval_error: float) -> bool:
         """Record one evaluation's error; True when the learning rate should drop now."""
@@ -294,104 +258,57 @@ class PlateauTracker:
         self.num_drops = int(state["num_drops"])
 
 
-def maybe_drop_learning_rate(
-    opt_state: Any, tracker: PlateauTracker, eval_error: float
-) -> tuple[Any, bool]:
-    """Feed `eval_error` to `tracker`; on a plateau multiply the state's rate by its factor.
-
-    Returns (opt_state, dropped).
-    """
-    if not tracker.update(eval_error):
-        return opt_state, False
-    new_rate = float(get_learning_rate(opt_state)) * tracker.factor
-    return set_learning_rate(opt_state, new_rate), True
-
-
 # ----------------------------------------------------------------------------------------------
-# Building from config.optim
+# Building from config.optim (a locked ConfigDict: fields exist and have their types)
 
 
-def _field(config: Any, name: str, default: Any = ...) -> Any:
-    value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    if value is ...:
-        raise ValueError(f"config.optim.{name} is missing")
-    return value
+def check_config(optim_config: Any) -> None:
+    """One-line ValueError naming the first `config.optim` field out of its valid range."""
+    c = optim_config
+    rules = [
+        ("schedule", c.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+        ("style", c.style in STYLES, f"one of {STYLES}"),
+        ("learning_rate", math.isfinite(c.learning_rate) and c.learning_rate >= 0, "a number >= 0"),
+        ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
+        ("weight_decay", math.isfinite(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
+        ("decay_factor", 0 < c.decay_factor <= 1, "in (0, 1]"),
+        ("plateau_patience", c.plateau_patience >= 1, "an integer >= 1"),
+        ("plateau_min_delta", c.plateau_min_delta >= 0, "a number >= 0"),
+        (
+            "plateau_max_drops",
+            c.plateau_max_drops is None or c.plateau_max_drops >= 0,
+            "None or an integer >= 0",
+        ),
+    ]
+    for field, valid, expected in rules:
+        if not valid:
+            raise ValueError(f"config.optim.{field}={c[field]!r} is not valid; use {expected}")
 
 
-def _is_scalar_number(value: Any) -> bool:
-    """A Python/numpy/JAX real scalar (0-d), not a bool."""
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(value, (int, float, np.number)):
-        return True
-    return (
-        isinstance(value, (np.ndarray, jax.Array))
-        and value.ndim == 0
-        and jnp.issubdtype(value.dtype, jnp.number)
-    )
-
-
-def _check_nonnegative(value: Any, field: str) -> None:
-    if not _is_scalar_number(value) or not math.isfinite(float(value)) or float(value) < 0:
-        raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
-
-
-def _check_momentum(value: Any, field: str) -> None:
-    if not _is_scalar_number(value) or not 0 <= float(value) < 1:
-        raise ValueError(f"{field} must be a number in [0, 1), got {value!r}")
-
-
-def _check_schedule_name(optim_config: Any) -> str:
-    schedule = _field(optim_config, "schedule")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {schedule!r}")
-    return schedule
-
-
-def schedule_boundaries(optim_config: Any, steps_per_epoch: int) -> tuple[int, ...]:
+def schedule_boundaries(optim_config: Any, steps_per_epoch: float) -> tuple[int, ...]:
     """Step counts at which the "steps" schedule multiplies the rate by `decay_factor`.
 
     `boundaries_steps` (in steps) when non-empty, else `boundaries_epochs` (in epochs, may be
     fractional) times `steps_per_epoch`, rounded. The update with index b (0-based) is the first
     to use the lower rate, i.e. the first update of epoch `boundaries_epochs[i]` counted from 0.
     """
-    if isinstance(steps_per_epoch, bool) or int(steps_per_epoch) != steps_per_epoch:
-        raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch!r}")
-    in_steps = tuple(_field(optim_config, "boundaries_steps", ()) or ())
-    if in_steps:
-        field, raw = "boundaries_steps", in_steps
-        if any(isinstance(b, bool) or int(b) != b for b in raw):
-            raise ValueError(f"config.optim.boundaries_steps must be integers, got {raw}")
+    if optim_config.boundaries_steps:
+        field, raw = "boundaries_steps", tuple(optim_config.boundaries_steps)
         steps = tuple(int(b) for b in raw)
     else:
-        field, raw = "boundaries_epochs", tuple(_field(optim_config, "boundaries_epochs", ()) or ())
+        field, raw = "boundaries_epochs", tuple(optim_config.boundaries_epochs)
         steps = tuple(int(round(float(e) * steps_per_epoch)) for e in raw)
     if any(s <= 0 for s in steps):
         raise ValueError(f"config.optim.{field} must be positive, got {raw}")
     if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(
-            f"config.optim.{field} must be strictly increasing (in steps at {steps_per_epoch} "
+            f"config.optim.{field} must be strictly increasing (in steps at {steps_per_epoch:g} "
             f"steps/epoch: {steps}), got {raw}"
         )
     return steps
 
 
-def _base_learning_rate(optim_config: Any) -> float:
-    lr = _field(optim_config, "learning_rate")
-    _check_nonnegative(lr, "config.optim.learning_rate")
-    return float(lr)
-
-
-def _decay_factor(optim_config: Any) -> float:
-    factor = _field(optim_config, "decay_factor", 0.1)
-    if not _is_scalar_number(factor) or not 0 < float(factor) <= 1:
-        raise ValueError(f"config.optim.decay_factor must be in (0, 1], got {factor!r}")
-    return float(factor)
-
-
-def make_schedule(optim_config: Any, steps_per_epoch: int) -> optax.Schedule:
+def make_schedule(optim_config: Any, steps_per_epoch: float) -> optax.Schedule:
     """Learning rate as a function of the update count, from `config.optim`.
 
     "steps": `learning_rate` times `decay_factor` per boundary passed (`schedule_boundaries`).
@@ -399,71 +316,42 @@ def make_schedule(optim_config: Any, steps_per_epoch: int) -> optax.Schedule:
     host (`PlateauTracker` + `set_learning_rate`), so read the live rate with
     `get_learning_rate`.
     """
-    schedule = _check_schedule_name(optim_config)
-    lr = _base_learning_rate(optim_config)
-    if schedule == "steps":
-        factor = _decay_factor(optim_config)
+    check_config(optim_config)
+    lr = float(optim_config.learning_rate)
+    if optim_config.schedule == "steps":
         boundaries = schedule_boundaries(optim_config, steps_per_epoch)
-        return optax.piecewise_constant_schedule(lr, {b: factor for b in boundaries})
+        return optax.piecewise_constant_schedule(
+            lr, {b: float(optim_config.decay_factor) for b in boundaries}
+        )
     return optax.constant_schedule(lr)
 
 
-def make_optimizer(optim_config: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(optim_config: Any, steps_per_epoch: float) -> optax.GradientTransformation:
     """The whole optimiser from `config.optim` (see configs/default.py for the fields).
 
     "steps" injects the schedule (rate read-only in the state); "constant" and "plateau" inject
     a plain rate that `set_learning_rate` can change between steps.
     """
-    schedule = _check_schedule_name(optim_config)
-    style = _field(optim_config, "style")
-    _check_style(style, "config.optim.style")
-    momentum = _field(optim_config, "momentum")
-    _check_momentum(momentum, "config.optim.momentum")
-    weight_decay = _field(optim_config, "weight_decay")
-    _check_nonnegative(weight_decay, "config.optim.weight_decay")
-    decay_biases = _field(optim_config, "decay_biases", True)
-    if not isinstance(decay_biases, (bool, np.bool_)):
-        raise ValueError(f"config.optim.decay_biases must be True or False, got {decay_biases!r}")
-    learning_rate: float | Callable[[Any], Any]
-    if schedule == "steps":
+    check_config(optim_config)
+    learning_rate: float | optax.Schedule = float(optim_config.learning_rate)
+    if optim_config.schedule == "steps":
         learning_rate = make_schedule(optim_config, steps_per_epoch)
-    else:
-        learning_rate = _base_learning_rate(optim_config)
-        if schedule == "plateau":
-            make_plateau_tracker(optim_config)  # validate the plateau fields up front
     return momentum_sgd(
         learning_rate,
-        momentum=float(momentum),
-        weight_decay=float(weight_decay),
-        style=style,
-        decay_biases=bool(decay_biases),
+        momentum=float(optim_config.momentum),
+        weight_decay=float(optim_config.weight_decay),
+        style=optim_config.style,
+        decay_biases=bool(optim_config.decay_biases),
     )
 
 
 def make_plateau_tracker(optim_config: Any) -> PlateauTracker | None:
     """A `PlateauTracker` from `config.optim` when `schedule == "plateau"`, else None."""
-    if _check_schedule_name(optim_config) != "plateau":
+    check_config(optim_config)
+    if optim_config.schedule != "plateau":
         return None
-    return _plateau_tracker_from_config(optim_config)
-
-
-def _plateau_tracker_from_config(optim_config: Any) -> PlateauTracker:
-    fields = {
-        "patience": "plateau_patience",
-        "min_delta": "plateau_min_delta",
-        "max_drops": "plateau_max_drops",
-    }
-    values = {
-        "patience": _field(optim_config, "plateau_patience"),
-        "min_delta": _field(optim_config, "plateau_min_delta", 0.0),
-        "factor": _decay_factor(optim_config),
-        "max_drops": _field(optim_config, "plateau_max_drops", None),
-    }
-    try:
-        return PlateauTracker(**values)
-    except ValueError as error:
-        # Re-raise naming the config field rather than the constructor argument.
-        message = str(error)
-        for arg, field in fields.items():
-            message = message.replace(f"plateau {arg}", f"config.optim.{field}")
-        raise ValueError(message) from None
+    return PlateauTracker(
+        patience=int(optim_config.plateau_patience),
+        min_delta=float(optim_config.plateau_min_delta),
+        max_drops=optim_config.plateau_max_drops,
+    )

@@ -1,6 +1,6 @@
 """Per-layer table of a paper model: output shape, parameters and multiply-adds.
 
-    python -m rectifiers_jax.summary net14 --activation prelu --image-size 224
+    python -m rectifiers_jax.summary net14 --activation=prelu --image_size=224
 
 Multiply-adds count conv and fc products only (the paper's "complexity", Table 3): a conv layer
 costs H_out * W_out * k * k * C_in * C_out, an fc layer C_in * C_out.
@@ -8,14 +8,11 @@ costs H_out * W_out * k * k * C_in * C_out, an fc layer C_in * C_out.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rectifiers_jax import cli, layers, models
 
@@ -72,27 +69,25 @@ def format_table(rows: list[LayerRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(
+        prog="python -m rectifiers_jax.summary", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("model", help=f"one of {', '.join(models.NAMES)}")
     parser.add_argument(
         "--activation", default="relu", help=f"one of {', '.join(layers.ACTIVATIONS)}"
     )
-    parser.add_argument("--image-size", type=int, default=224, help="square input side in pixels")
+    parser.add_argument("--image_size", type=int, default=224, help="square input side in pixels")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num_classes", type=int, default=1000)
     args = parser.parse_args(argv)
-    try:
-        model = models.build(
-            args.model, activation=args.activation, width=args.width, num_classes=args.num_classes
-        )
-        rows = summarize(model, args.image_size)
-    except ValueError as error:
-        return cli.fail(error)
+    model = models.build(
+        args.model, activation=args.activation, width=args.width, num_classes=args.num_classes
+    )
+    rows = summarize(model, args.image_size)
     print(f"{args.model} ({args.activation}) at {args.image_size}x{args.image_size}")
     print(format_table(rows))
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    np.set_printoptions(linewidth=120)
-    sys.exit(main())
+    cli.run(main)

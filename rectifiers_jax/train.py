@@ -12,7 +12,6 @@ continue exactly, so an interrupted run ends bit-identical to an uninterrupted o
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import signal
@@ -29,7 +28,9 @@ import optax
 from clu import metric_writers
 from etils import epath
 
-from rectifiers_jax import checkpoints, evaluation, input_pipeline, models, optim, parallel
+from rectifiers_jax import checkpoints, metrics, models, optim, parallel, run_files
+from rectifiers_jax.data import input_pipeline, mean, sources
+from rectifiers_jax.evaluators.evaluator import Evaluator
 
 # Parameter init uses XLA's RngBitGenerator: it compiles an order of magnitude faster than
 # threefry on the CPU (net14's init: ~45 s -> ~7 s here). The init is replicated, so every
@@ -71,21 +72,21 @@ def make_train_step(model: models.SPPNet, tx: optax.GradientTransformation, seed
                 rngs={"dropout": dropout_key},
                 mutable=["intermediates"],
             )
-            loss = jnp.mean(evaluation.cross_entropy(logits, batch["label"]))
+            loss = jnp.mean(metrics.cross_entropy(logits, batch["label"]))
             return loss, (logits, captured["intermediates"])
 
         (loss, (logits, responses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
+        step_metrics = {
             "loss": loss,
-            "top1_error": 100.0 * jnp.mean(evaluation.topk_wrong(logits, batch["label"], 1)),
+            "top1_error": 100.0 * jnp.mean(metrics.topk_wrong(logits, batch["label"], 1)),
         }
         for layer, captured in responses.items():
             response = captured["response"][0]
             never_positive = jnp.max(response, axis=tuple(range(response.ndim - 1))) <= 0
-            metrics[f"dead/{layer}"] = jnp.mean(never_positive.astype(jnp.float32))
-        return TrainState(state.step + 1, params, opt_state), metrics
+            step_metrics[f"dead/{layer}"] = jnp.mean(never_positive.astype(jnp.float32))
+        return TrainState(state.step + 1, params, opt_state), step_metrics
 
     return train_step
 
@@ -127,28 +128,6 @@ def prelu_slopes(params) -> dict[str, float]:
         for layer, leaves in params.items()
         if isinstance(leaves, dict) and "a" in leaves.get("act", {})
     }
-
-
-class RunFiles:
-    """The workdir's plain files: config.json, metrics.jsonl, status.json (written by process 0)."""
-
-    def __init__(self, workdir: epath.Path):
-        self.workdir = workdir
-        self.is_writer = jax.process_index() == 0
-
-    def write_config(self, config: ml_collections.ConfigDict) -> None:
-        if self.is_writer:
-            (self.workdir / "config.json").write_text(config.to_json(indent=2))
-
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        if self.is_writer:
-            with (self.workdir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def write_status(self, status: str, step: int, message: str = "") -> None:
-        if self.is_writer:
-            record = {"status": status, "step": int(step), "message": message}
-            (self.workdir / "status.json").write_text(json.dumps(record) + "\n")
 
 
 def _resolved(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
@@ -229,8 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    files = RunFiles(workdir)
-    info = input_pipeline.get_info(config.data)
+    files = run_files.RunWriter(workdir)
+    info = sources.get_info(config.data)
     steps_per_epoch = input_pipeline.steps_per_epoch(info, config.train.global_batch_size)
     num_steps = _num_steps(config, steps_per_epoch)
     parallel.check_batch_size(config.train.global_batch_size)
@@ -239,11 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = models.from_config(config.model, info.num_classes)
     tx = optim.make_optimizer(config.optim, steps_per_epoch)
     mesh = parallel.create_mesh()
-    plateau = (
-        optim.PlateauTracker.from_config(config.optim)
-        if config.optim.schedule == "plateau"
-        else None
-    )
+    plateau = optim.make_plateau_tracker(config.optim)
 
     keep_period = steps_per_epoch if config.train.keep_every_epoch else None
     ckpt = checkpoints.Checkpointer(
@@ -271,14 +246,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    eval_step = jax.jit(evaluation.make_eval_step(model), out_shardings=parallel.replicated(mesh))
-    eval_batches, _ = input_pipeline.eval_iterator(
-        config.data, global_batch_size=config.train.eval_batch_size
+    # The mean image is read once here and handed to both pipelines.
+    mean_image = mean.load_mean(config.data)
+    evaluate = Evaluator(
+        config.data, model, mesh, mean=mean_image, batch_size=config.train.eval_batch_size
     )
     batches = input_pipeline.train_iterator(
         config.data,
         global_batch_size=config.train.global_batch_size,
         seed=config.seed,
+        mean=mean_image,
         start_step=start_step,
     )
     # TensorBoard events from process 0; progress lines come from the loop's own log line.
@@ -338,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     record = _train_record(train_metrics, state, steps_per_sec)
                     _log_progress(record, step, num_steps, steps_per_epoch)
             if step in eval_at:
-                result = evaluation.evaluate(eval_step, state.params, eval_batches, mesh)
+                result = evaluate(state.params)
                 last_eval = {f"eval/{k}": v for k, v in result.items()}
                 record.update(last_eval)
                 logging.info(

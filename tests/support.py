@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
 
 from configs import default
+from rectifiers_jax import cli
 
 
 def tiny_config(data_dir: str | Path, **overrides: Any) -> ml_collections.ConfigDict:
@@ -58,3 +66,121 @@ def hand_layers(name: str) -> list[tuple[str, int, int, int, int]]:
         spp_in = 63 * c_in
     fcs = [("fc1", 1, spp_in, 4096, 1), ("fc2", 1, 4096, 4096, 1), ("fc3", 1, 4096, 1000, 1)]
     return rows + fcs
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str]) -> int:
+    """Exit code of a tool's `main(argv)` run as its command line runs it (`cli.run`)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, argv)
+    return exit_info.value.code
+
+
+# Real photographs shipped with scikit-image, resized to ImageNet-like sizes (W x H).
+PHOTOS = {
+    "astronaut": (skdata.astronaut, (400, 300)),
+    "chelsea": (skdata.chelsea, (451, 300)),
+    "coffee": (skdata.coffee, (420, 280)),
+    "rocket": (skdata.rocket, (300, 400)),
+    "camera": (skdata.camera, (320, 320)),  # Grayscale.
+    "colorwheel": (skdata.colorwheel, (371, 370)),
+}
+
+
+def photo(name: str, flip: bool = False) -> np.ndarray:
+    """A scikit-image photo as uint8 [H, W, 3] (grayscale stays [H, W]) at an ImageNet-like size."""
+    load, size = PHOTOS[name]
+    image = Image.fromarray(load()).resize(size, Image.BILINEAR)
+    if flip:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(image)
+
+
+def encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, quality=90)
+    return buffer.getvalue()
+
+
+# class -> [(file name, photo, flip, format)]; labels follow the sorted class names.
+FOLDER_LAYOUT = {
+    "train": {
+        "cat": [
+            ("a.jpg", "chelsea", False, "JPEG"),
+            ("b.jpg", "chelsea", True, "JPEG"),
+            ("c.png", "chelsea", False, "PNG"),
+        ],
+        "coffee": [("a.jpg", "coffee", False, "JPEG"), ("b.jpg", "coffee", True, "JPEG")],
+        "portrait": [
+            ("a.jpg", "astronaut", False, "JPEG"),
+            ("b.jpg", "camera", False, "JPEG"),
+            ("c.jpg", "astronaut", True, "JPEG"),
+        ],
+    },
+    "validation": {
+        "cat": [("v.jpg", "chelsea", True, "JPEG")],
+        "coffee": [("v.jpg", "coffee", False, "JPEG"), ("w.jpg", "colorwheel", False, "JPEG")],
+        "portrait": [("v.jpg", "rocket", False, "JPEG")],
+    },
+}
+
+
+def make_photo_folder(root: pathlib.Path) -> pathlib.Path:
+    """Writes FOLDER_LAYOUT under root/<split>/<class>/ and returns root."""
+    for split, classes in FOLDER_LAYOUT.items():
+        for name, files in classes.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for filename, source, flip, fmt in files:
+                (root / split / name / filename).write_bytes(encode(photo(source, flip), fmt))
+    return root
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    config = default.get_config().data
+    config.update(overrides)
+    return config
+
+
+def read_all(records) -> list[tuple[bytes, int]]:
+    """Every (encoded image, label) of `data.records.Records`, in storage order."""
+    return [
+        (bytes(k), int(v))
+        for k, v in records.dataset.map(
+            lambda key, label: (records.load(key), label)
+        ).as_numpy_iterator()
+    ]
+
+
+def tiny_photos_builder():
+    """A test-only TFDS builder class of 7 photographs in 3 classes; never registered, so
+    reading it back must use the prepared files alone."""
+    import tensorflow_datasets as tfds
+
+    class TinyPhotos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """A test-only builder: never registered, so reading must use the prepared files alone."""
+
+        VERSION = tfds.core.Version("0.1.0")
+        code_path = None  # No checksums file (see digits.SklearnDigits).
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                        "label": tfds.features.ClassLabel(names=["chelsea", "coffee", "rocket"]),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {
+                "train": self._generate_examples(["chelsea", "coffee", "rocket", "chelsea"]),
+                "validation": self._generate_examples(["rocket", "coffee", "chelsea"]),
+            }
+
+        def _generate_examples(self, names):
+            classes = ["chelsea", "coffee", "rocket"]
+            for i, name in enumerate(names):
+                yield i, {"image": photo(name, flip=i % 2 == 1), "label": classes.index(name)}
+
+    return TinyPhotos

@@ -1,8 +1,7 @@
 """rectifiers_jax.analysis: slopes, dead units, curves, report and the paper's numbers.
 
 Most runs are fabricated (config.json, metrics.jsonl, a checkpoint of parameters chosen here),
-so the expected numbers come from NumPy; `tiny_run` is one real 4-step run, shared with
-tests/test_notebook.py.
+so the expected numbers come from NumPy; `tiny_run` (conftest) is one real 4-step run.
 """
 
 from __future__ import annotations
@@ -19,10 +18,12 @@ import ml_collections
 import numpy as np
 import pytest
 import support
+from support import run_cli
 
 from configs import default
-from rectifiers_jax import checkpoints, input_pipeline, models, train
+from rectifiers_jax import checkpoints, models
 from rectifiers_jax.analysis import curves, dead_units, paper, report, slopes
+from rectifiers_jax.data import input_pipeline, mean
 
 NUM_CLASSES = 10  # the digits
 
@@ -32,17 +33,6 @@ def tiny_config(data_dir: str | Path, **model: Any) -> ml_collections.ConfigDict
     config = support.tiny_config(data_dir, **{"train.num_steps": 4})
     config.model.update(model)
     return config
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, digits_dir) -> Path:
-    """A real PReLU run of 4 steps, trained once per session (reused if already done)."""
-    workdir = tmp_path_factory.getbasetemp() / "analysis_tiny_run"
-    status = workdir / "status.json"
-    if not (status.exists() and json.loads(status.read_text())["status"] == "done"):
-        result = train.train_and_evaluate(tiny_config(digits_dir), str(workdir))
-        assert result["status"] == "done"
-    return workdir
 
 
 def synthetic_params(model: models.SPPNet, image_size: int = 80, seed: int = 0) -> dict:
@@ -185,25 +175,25 @@ def test_slopes_of_a_real_run_and_step_option(tiny_run, capsys):
     for row in rows:
         assert float(row["mean"]) == pytest.approx(params[row["layer"]]["act"]["a"].mean())
     assert "all slopes in (0, 1): yes" in out  # 4 steps move `a` only slightly from 0.25
-    assert slopes.main([str(tiny_run), "--step", "3"]) == 2
-    assert "no checkpoint at step 3 (kept: [4])" in one_line_error(capsys)
+    assert run_cli(slopes.main, [str(tiny_run), "--step", "3"]) == 2
+    assert "no checkpoint for step 3" in one_line_error(capsys)
 
 
 def test_slopes_bad_input_gives_one_line_errors(tmp_path, capsys):
-    assert slopes.main([str(tmp_path / "missing")]) == 2
+    assert run_cli(slopes.main, [str(tmp_path / "missing")]) == 2
     assert one_line_error(capsys).endswith("missing: no such run directory")
 
     (tmp_path / "empty").mkdir()
-    assert slopes.main([str(tmp_path / "empty")]) == 2
-    assert "is not a run directory (no config.json)" in one_line_error(capsys)
+    assert run_cli(slopes.main, [str(tmp_path / "empty")]) == 2
+    assert "is not a run directory (no config.json" in one_line_error(capsys)
 
     relu = fabricate_run(tmp_path / "relu", tiny_config(tmp_path, activation="relu"))
-    assert slopes.main([str(relu)]) == 2
+    assert run_cli(slopes.main, [str(relu)]) == 2
     assert one_line_error(capsys) == f"error: {relu} has no learned slopes (activation relu)"
 
     status = {"status": "running", "step": 0, "message": ""}
     fresh = fabricate_run(tmp_path / "fresh", tiny_config(tmp_path), status=status)
-    assert slopes.main([str(fresh)]) == 2
+    assert run_cli(slopes.main, [str(fresh)]) == 2
     assert one_line_error(capsys) == (
         f"error: {fresh} has no checkpoints yet (status: running at step 0)"
     )
@@ -245,7 +235,9 @@ def test_dead_units_match_numpy_count(tmp_path, tiny_run, capsys):
     apply = jax.jit(
         lambda p, x: model.apply({"params": p}, x, train=False, mutable=["intermediates"])[1]
     )
-    batches, _ = input_pipeline.eval_iterator(config.data, global_batch_size=128)
+    batches, _ = input_pipeline.eval_iterator(
+        config.data, global_batch_size=128, mean=mean.load_mean(config.data)
+    )
     alive: dict[str, np.ndarray] = {}
     for _, batch in zip(range(2), batches, strict=False):
         captured = jax.device_get(apply(params, batch["image"]))["intermediates"]
@@ -270,20 +262,20 @@ def test_dead_units_match_numpy_count(tmp_path, tiny_run, capsys):
         "units",
         "dead dead",
         "dead logged",
-        "analysis_tiny_run dead",
-        "analysis_tiny_run logged",
+        "tiny_run dead",
+        "tiny_run logged",
     ]
     tiny_logged = [
         r for r in map(json.loads, (tiny_run / "metrics.jsonl").open()) if "dead/fc1" in r
     ]
-    assert float(merged[-2]["analysis_tiny_run logged"]) == tiny_logged[-1]["dead/fc1"]
+    assert float(merged[-2]["tiny_run logged"]) == tiny_logged[-1]["dead/fc1"]
 
 
 def test_dead_units_bad_input(tmp_path, capsys):
-    assert dead_units.main([str(tmp_path / "nope")]) == 2
+    assert run_cli(dead_units.main, [str(tmp_path / "nope")]) == 2
     assert "no such run directory" in one_line_error(capsys)
     fresh = fabricate_run(tmp_path / "fresh", tiny_config(tmp_path))
-    assert dead_units.main([str(fresh)]) == 2
+    assert run_cli(dead_units.main, [str(fresh)]) == 2
     assert "has no checkpoints yet (status: not started)" in one_line_error(capsys)
 
 
@@ -348,13 +340,15 @@ def test_curves_csv_equals_metrics(tmp_path, capsys):
 
 
 def test_curves_bad_input(tmp_path, capsys):
-    assert curves.main([str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 2
+    assert run_cli(curves.main, [str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 2
     assert "no such run directory" in one_line_error(capsys)
     fresh = fabricate_run(tmp_path / "fresh", tiny_config(tmp_path))
-    assert curves.main([str(fresh), "--out", str(tmp_path / "c.png")]) == 2
+    assert run_cli(curves.main, [str(fresh), "--out", str(tmp_path / "c.png")]) == 2
     assert "has no metrics.jsonl records yet" in one_line_error(capsys)
     run = fabricate_run(tmp_path / "run", tiny_config(tmp_path), metrics=fake_metrics([80, 40]))
-    assert curves.main([str(run), "--splits", "test", "--out", str(tmp_path / "c.png")]) == 2
+    assert (
+        run_cli(curves.main, [str(run), "--splits", "test", "--out", str(tmp_path / "c.png")]) == 2
+    )
     assert "--splits 'test': each must be one of train, eval" in one_line_error(capsys)
 
 
@@ -418,15 +412,15 @@ def test_report_beside_the_papers_rows(tmp_path, tiny_run, capsys):
     params = checkpoints.load_params(tiny_run)
     total = sum(leaf.size for leaf in jax.tree.leaves(params))
     prelu_params = sum(params[layer]["act"]["a"].size for layer in paper.TABLE1_LAYERS)
-    assert "| analysis_tiny_run | net14 | prelu | he_fan_in | sklearn_digits | done | 4 |" in text
+    assert "| tiny_run | net14 | prelu | he_fan_in | sklearn_digits | done | 4 |" in text
     assert f"| {total:,} | {prelu_params:,} |" in text
-    assert "| analysis_tiny_run | training (step 4) | center s=88 | 360 |" in text
+    assert "| tiny_run | training (step 4) | center s=88 | 360 |" in text
 
 
 def test_report_bad_input(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 2
+    assert run_cli(report.main, [str(tmp_path / "nope")]) == 2
     assert "no such run directory" in one_line_error(capsys)
     run = fabricate_run(tmp_path / "run", tiny_config(tmp_path))
     (run / "eval_center.json").write_text("{not json")
-    assert report.main([str(run)]) == 2
+    assert run_cli(report.main, [str(run)]) == 2
     assert "eval_center.json is not valid JSON" in one_line_error(capsys)

@@ -1,143 +1,55 @@
-"""Tests for rectifiers_jax.datasets: digits as TFDS, reading from metadata, folders, the mean."""
+"""rectifiers_jax.data: digits as TFDS, reading from metadata, folders, the mean."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import io
+import importlib
+import logging
 import os
 import pathlib
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
-from skimage import data as skdata
+from support import data_config, encode, make_photo_folder, photo, read_all
 
-from configs.default import get_config
-from rectifiers_jax import datasets, preprocessing
+from rectifiers_jax.data import (
+    digits,
+    folder,
+    input_pipeline,
+    mean,
+    preprocessing,
+    records,
+    sources,
+    tfds_source,
+)
 
-# Real photographs shipped with scikit-image, resized to ImageNet-like sizes (W x H).
-PHOTOS = {
-    "astronaut": (skdata.astronaut, (400, 300)),
-    "chelsea": (skdata.chelsea, (451, 300)),
-    "coffee": (skdata.coffee, (420, 280)),
-    "rocket": (skdata.rocket, (300, 400)),
-    "camera": (skdata.camera, (320, 320)),  # Grayscale.
-    "colorwheel": (skdata.colorwheel, (371, 370)),
-}
-
-
-def photo(name: str, flip: bool = False) -> np.ndarray:
-    """A scikit-image photo as uint8 [H, W, 3] (grayscale stays [H, W]) at an ImageNet-like size."""
-    load, size = PHOTOS[name]
-    image = Image.fromarray(load()).resize(size, Image.BILINEAR)
-    if flip:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(image)
+# ----------------------------------------------------------------------------- TensorFlow
 
 
-def encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt, quality=90)
-    return buffer.getvalue()
+def test_readers_hide_accelerators_from_tensorflow_and_imports_do_not(digits_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda d, kind: calls.append((d, kind)))
+    records.use_tensorflow_on_cpu_only.cache_clear()
+    importlib.reload(input_pipeline)  # importing changes nothing
+    assert calls == []
+    sources.host_records(data_config(data_dir=digits_dir), "validation")
+    assert calls == [([], "GPU"), ([], "TPU")]
 
 
-# class -> [(file name, photo, flip, format)]; labels follow the sorted class names.
-FOLDER_LAYOUT = {
-    "train": {
-        "cat": [
-            ("a.jpg", "chelsea", False, "JPEG"),
-            ("b.jpg", "chelsea", True, "JPEG"),
-            ("c.png", "chelsea", False, "PNG"),
-        ],
-        "coffee": [("a.jpg", "coffee", False, "JPEG"), ("b.jpg", "coffee", True, "JPEG")],
-        "portrait": [
-            ("a.jpg", "astronaut", False, "JPEG"),
-            ("b.jpg", "camera", False, "JPEG"),
-            ("c.jpg", "astronaut", True, "JPEG"),
-        ],
-    },
-    "validation": {
-        "cat": [("v.jpg", "chelsea", True, "JPEG")],
-        "coffee": [("v.jpg", "coffee", False, "JPEG"), ("w.jpg", "colorwheel", False, "JPEG")],
-        "portrait": [("v.jpg", "rocket", False, "JPEG")],
-    },
-}
+def test_too_late_to_hide_accelerators_is_logged_not_swallowed(monkeypatch, caplog):
+    def initialised(devices, kind):
+        raise RuntimeError("Visible devices cannot be modified after being initialized")
 
-
-def make_photo_folder(root: pathlib.Path) -> pathlib.Path:
-    """Writes FOLDER_LAYOUT under root/<split>/<class>/ and returns root."""
-    for split, classes in FOLDER_LAYOUT.items():
-        for name, files in classes.items():
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for filename, source, flip, fmt in files:
-                (root / split / name / filename).write_bytes(encode(photo(source, flip), fmt))
-    return root
-
-
-def data_config(**overrides) -> ml_collections.ConfigDict:
-    config = get_config().data
-    config.update(overrides)
-    return config
-
-
-@pytest.fixture(scope="session")
-def photo_folder(tmp_path_factory) -> pathlib.Path:
-    root = tmp_path_factory.getbasetemp() / "photo_folder"
-    return root if root.exists() else make_photo_folder(root)
-
-
-class TinyPhotos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A test-only builder: never registered, so reading must use the prepared files alone."""
-
-    VERSION = tfds.core.Version("0.1.0")
-    code_path = None  # No checksums file (see datasets.SklearnDigits).
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "label": tfds.features.ClassLabel(names=["chelsea", "coffee", "rocket"]),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {
-            "train": self._generate_examples(["chelsea", "coffee", "rocket", "chelsea"]),
-            "validation": self._generate_examples(["rocket", "coffee", "chelsea"]),
-        }
-
-    def _generate_examples(self, names):
-        classes = ["chelsea", "coffee", "rocket"]
-        for i, name in enumerate(names):
-            yield i, {"image": photo(name, flip=i % 2 == 1), "label": classes.index(name)}
-
-
-@pytest.fixture(scope="session")
-def tiny_photos_dir(tmp_path_factory) -> str:
-    data_dir = str(tmp_path_factory.getbasetemp() / "tiny_photos_tfds")
-    builder = TinyPhotos(data_dir=data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
-    return data_dir
-
-
-def read_all(records: datasets.Records) -> list[tuple[bytes, int]]:
-    return [
-        (bytes(k), int(v))
-        for k, v in records.dataset.map(
-            lambda key, label: (records.load(key), label)
-        ).as_numpy_iterator()
-    ]
+    monkeypatch.setattr(tf.config, "set_visible_devices", initialised)
+    records.use_tensorflow_on_cpu_only.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        records.use_tensorflow_on_cpu_only()
+    records.use_tensorflow_on_cpu_only.cache_clear()
+    assert "could not hide GPUs" in caplog.text and "could not hide TPUs" in caplog.text
 
 
 # ----------------------------------------------------------------------------- digits
@@ -145,16 +57,16 @@ def read_all(records: datasets.Records) -> list[tuple[bytes, int]]:
 
 def test_digits_read_back_through_generic_tfds_path(digits_dir):
     config = data_config(data_dir=digits_dir)
-    info = datasets.get_info(config)
+    info = sources.get_info(config)
     assert (info.num_classes, info.class_names) == (10, tuple(str(d) for d in range(10)))
     assert info.num_examples == {"train": 1437, "validation": 360}
     assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
     assert isinstance(
-        datasets.open_tfds("sklearn_digits", digits_dir),
+        tfds_source.open_tfds("sklearn_digits", digits_dir),
         tfds.core.read_only_builder.ReadOnlyBuilder,
     )
 
-    records = datasets.host_records(config, "validation")
+    records = sources.host_records(config, "validation")
     examples = read_all(records)
     labels = np.array([label for _, label in examples])
     assert len(examples) == 360 and labels.min() == 0 and labels.max() == 9
@@ -168,15 +80,15 @@ def test_digits_read_back_through_generic_tfds_path(digits_dir):
 def test_digits_validation_pixels_match_sklearn(digits_dir):
     from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    sk = load_digits()
     expected = collections.Counter(
-        (np.round(digits.images[i] * 255 / 16).astype(np.uint8).tobytes(), int(digits.target[i]))
-        for i in datasets._digits_split_indices()["validation"]
+        (np.round(sk.images[i] * 255 / 16).astype(np.uint8).tobytes(), int(sk.target[i]))
+        for i in digits.split_indices()["validation"]
     )
-    records = datasets.host_records(data_config(data_dir=digits_dir), "validation")
+    validation = sources.host_records(data_config(data_dir=digits_dir), "validation")
     got = collections.Counter(
         (preprocessing.decode_rgb(encoded).numpy()[..., 0].tobytes(), label)
-        for encoded, label in read_all(records)
+        for encoded, label in read_all(validation)
     )
     assert got == expected
 
@@ -184,11 +96,11 @@ def test_digits_validation_pixels_match_sklearn(digits_dir):
 def test_prepare_digits_concurrent_then_idempotent(tmp_path):
     data_dir = str(tmp_path / "tfds")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # Two callers at once: one prepares.
-        paths = list(pool.map(datasets.prepare_digits, [data_dir, data_dir]))
+        paths = list(pool.map(digits.prepare_digits, [data_dir, data_dir]))
     assert paths == [os.path.join(data_dir, "sklearn_digits", "1.0.0")] * 2
     info_file = os.path.join(paths[0], "dataset_info.json")
     before = os.stat(info_file).st_mtime_ns
-    assert datasets.prepare_digits(data_dir) == paths[0]
+    assert digits.prepare_digits(data_dir) == paths[0]
     assert os.stat(info_file).st_mtime_ns == before
 
 
@@ -198,23 +110,23 @@ def test_prepare_digits_concurrent_then_idempotent(tmp_path):
 def test_tfds_dataset_read_from_metadata_without_builder_code(tiny_photos_dir):
     with pytest.raises(tfds.core.DatasetNotFoundError):
         tfds.builder("tiny_photos")  # The class is not registered: no code path exists.
-    builder = datasets.open_tfds("tiny_photos", tiny_photos_dir)
+    builder = tfds_source.open_tfds("tiny_photos", tiny_photos_dir)
     assert isinstance(builder, tfds.core.read_only_builder.ReadOnlyBuilder)
     config = data_config(name="tiny_photos", data_dir=tiny_photos_dir)
-    info = datasets.get_info(config)
+    info = sources.get_info(config)
     assert info.class_names == ("chelsea", "coffee", "rocket")
     assert info.num_examples == {"train": 4, "validation": 3}
     got = collections.Counter(
         (tuple(preprocessing.decode_rgb(encoded).shape[:2]), label)
-        for encoded, label in read_all(datasets.host_records(config, "validation"))
+        for encoded, label in read_all(sources.host_records(config, "validation"))
     )
     # rocket (label 2), coffee (1), chelsea (0) at their ImageNet-like sizes.
     assert got == collections.Counter([((400, 300), 2), ((280, 420), 1), ((300, 451), 0)])
 
 
 def test_missing_imagenet_error_has_preparation_steps(tmp_path):
-    with pytest.raises(datasets.DatasetNotFoundError) as error:
-        datasets.get_info(data_config(name="imagenet2012", data_dir=str(tmp_path)))
+    with pytest.raises(records.DatasetNotFoundError) as error:
+        sources.get_info(data_config(name="imagenet2012", data_dir=str(tmp_path)))
     message = str(error.value)
     for step in (
         "ILSVRC2012_img_train.tar",
@@ -228,17 +140,17 @@ def test_missing_imagenet_error_has_preparation_steps(tmp_path):
 
 def test_missing_dataset_error_names_dataset_and_contents(tmp_path):
     (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)
-    with pytest.raises(datasets.DatasetNotFoundError, match=r"'my_data'.*holds: mnist"):
-        datasets.get_info(data_config(name="my_data", data_dir=str(tmp_path)))
-    with pytest.raises(datasets.DatasetNotFoundError, match="no prepared version"):
-        datasets.get_info(data_config(name="mnist", data_dir=str(tmp_path)))
+    with pytest.raises(records.DatasetNotFoundError, match=r"'my_data'.*holds: mnist"):
+        sources.get_info(data_config(name="my_data", data_dir=str(tmp_path)))
+    with pytest.raises(records.DatasetNotFoundError, match="'mnist' is not prepared.*no prepared"):
+        sources.get_info(data_config(name="mnist", data_dir=str(tmp_path)))
 
 
 def test_unknown_split_is_a_clear_error(digits_dir):
     with pytest.raises(
         ValueError, match=r"split 'test'.*prepared splits: \['train', 'validation'\]"
     ):
-        datasets.host_records(data_config(data_dir=digits_dir), "test")
+        sources.host_records(data_config(data_dir=digits_dir), "test")
 
 
 # ----------------------------------------------------------------------------- folders
@@ -246,10 +158,10 @@ def test_unknown_split_is_a_clear_error(digits_dir):
 
 def test_folder_labels_follow_sorted_class_folders(photo_folder):
     config = data_config(source="folder", folder=str(photo_folder))
-    info = datasets.get_info(config)
+    info = sources.get_info(config)
     assert info.class_names == ("cat", "coffee", "portrait")
     assert info.num_examples == {"train": 8, "validation": 4}
-    records = datasets.host_records(config, "train")
+    records = sources.host_records(config, "train")
     paths = [bytes(p).decode() for p, _ in records.dataset.as_numpy_iterator()]
     labels = [int(v) for _, v in records.dataset.as_numpy_iterator()]
     assert [info.class_names[v] for v in labels] == [pathlib.Path(p).parent.name for p in paths]
@@ -274,7 +186,7 @@ def corrupt_folder(root: pathlib.Path) -> tuple[pathlib.Path, list[str]]:
 def test_corrupt_file_fails_with_its_path(tmp_path):
     root, bad = corrupt_folder(tmp_path / "photos")
     with pytest.raises(ValueError, match="corrupt or non-image file") as error:
-        datasets.get_info(data_config(source="folder", folder=str(root)))
+        sources.get_info(data_config(source="folder", folder=str(root)))
     assert any(path in str(error.value) for path in bad)
     assert "skip_corrupt" in str(error.value)
 
@@ -282,12 +194,12 @@ def test_corrupt_file_fails_with_its_path(tmp_path):
 def test_corrupt_files_skipped_and_counted(tmp_path):
     root, bad = corrupt_folder(tmp_path / "photos")
     config = data_config(source="folder", folder=str(root), skip_corrupt=True)
-    info = datasets.get_info(config)
+    info = sources.get_info(config)
     assert info.num_skipped == {"train": 2, "validation": 0}
     assert info.num_examples["train"] == 8
     paths = {
         bytes(p).decode()
-        for p, _ in datasets.host_records(config, "train").dataset.as_numpy_iterator()
+        for p, _ in sources.host_records(config, "train").dataset.as_numpy_iterator()
     }
     assert not paths & set(bad)
 
@@ -305,20 +217,24 @@ def test_image_file_problem_cheap_checks(tmp_path):
     }
     for name, (content, problem) in cases.items():
         (tmp_path / name).write_bytes(content)
-        found = datasets.image_file_problem(str(tmp_path / name))
+        found = folder.image_file_problem(str(tmp_path / name))
         assert (found is None) if problem is None else (problem in found), (name, found)
 
 
 def test_folder_without_classes_or_images_is_a_clear_error(tmp_path):
     (tmp_path / "train").mkdir()
     config = data_config(source="folder", folder=str(tmp_path))
-    with pytest.raises(ValueError, match="no class subfolders"):
-        datasets.get_info(config)
+    with pytest.raises(ValueError, match="has 0 class subfolder.*at least 2"):
+        sources.get_info(config)
     (tmp_path / "train" / "cat").mkdir()
-    with pytest.raises(ValueError, match="holds no image files"):
-        datasets.get_info(config)
-    with pytest.raises(datasets.DatasetNotFoundError, match="no split folder"):
-        datasets.get_info(data_config(source="folder", folder=str(tmp_path / "missing")))
+    (tmp_path / "train" / "cat" / "a.jpg").write_bytes(encode(photo("chelsea")))
+    with pytest.raises(ValueError, match="has 1 class subfolder.*at least 2"):
+        sources.get_info(config)
+    (tmp_path / "train" / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*dog' of the train split holds no images"):
+        sources.get_info(config)
+    with pytest.raises(records.DatasetNotFoundError, match="no split folder"):
+        sources.get_info(data_config(source="folder", folder=str(tmp_path / "missing")))
 
 
 def test_folder_validation_class_not_in_train_is_an_error(tmp_path):
@@ -326,7 +242,7 @@ def test_folder_validation_class_not_in_train_is_an_error(tmp_path):
     (root / "validation" / "zebra").mkdir()
     (root / "validation" / "zebra" / "z.jpg").write_bytes(encode(photo("rocket")))
     with pytest.raises(ValueError, match=r"\['zebra'\].*not among the train split's classes"):
-        datasets.get_info(data_config(source="folder", folder=str(root)))
+        sources.get_info(data_config(source="folder", folder=str(root)))
 
 
 # ----------------------------------------------------------------------------- even splits
@@ -334,9 +250,9 @@ def test_folder_validation_class_not_in_train_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_even_range_matches_tfds_even_splits(digits_dir, count):
-    builder = datasets.open_tfds("sklearn_digits", digits_dir)
+    builder = tfds_source.open_tfds("sklearn_digits", digits_dir)
     for index, sub in enumerate(tfds.even_splits("validation[:101]", n=count)):
-        start, end = datasets.even_range(101, index, count)
+        start, end = records.even_range(101, index, count)
         assert builder.info.splits[sub].num_examples == end - start
 
 
@@ -348,23 +264,23 @@ def test_mean_written_beside_dataset_and_loaded(digits_dir):
     config = data_config(
         data_dir=digits_dir, image_size=6, resize_size=6, eval_resize=7, mean="per_pixel"
     )
-    path = datasets.mean_path(config)
+    path = mean.mean_path(config)
     assert path == os.path.join(digits_dir, "sklearn_digits", "mean_6_7.npz")
     if os.path.exists(path):
         os.remove(path)
-    fallback = datasets.load_mean(config)  # No file: per-channel fallback from a sample.
+    fallback = mean.load_mean(config)  # No file: per-channel fallback from a sample.
     assert fallback.shape == (3,)
-    assert datasets.write_mean(config) == path
-    per_pixel = datasets.load_mean(config)
+    assert mean.write_mean(config) == path
+    per_pixel = mean.load_mean(config)
     assert per_pixel.shape == (6, 6, 3) and per_pixel.dtype == np.float32
-    per_channel = datasets.load_mean(data_config(**{**config.to_dict(), "mean": "per_channel"}))
+    per_channel = mean.load_mean(data_config(**{**config.to_dict(), "mean": "per_channel"}))
     np.testing.assert_allclose(per_channel, per_pixel.mean(axis=(0, 1)), rtol=1e-5)
     np.testing.assert_allclose(fallback, per_channel, atol=2.0)  # 1,024 of 1,437 images.
     # The stored mean is the average of all 1,437 train images' eval centre crops.
     cfg = preprocessing.PreprocessConfig.from_config(config)
     crops = np.stack(
         list(
-            datasets.host_records(config, "train")
+            sources.host_records(config, "train")
             .dataset.map(lambda encoded, label: preprocessing.eval_center(encoded, cfg))
             .as_numpy_iterator()
         )
@@ -373,30 +289,40 @@ def test_mean_written_beside_dataset_and_loaded(digits_dir):
     np.testing.assert_allclose(
         per_pixel, crops.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-4
     )
-    assert datasets.load_mean(data_config(**{**config.to_dict(), "mean": "none"})) is None
+    assert mean.load_mean(data_config(**{**config.to_dict(), "mean": "none"})) is None
     with pytest.raises(ValueError, match="config.data.mean='median'"):
-        datasets.load_mean(data_config(**{**config.to_dict(), "mean": "median"}))
+        mean.load_mean(data_config(**{**config.to_dict(), "mean": "median"}))
 
 
 def test_download_option_prepares_a_missing_registered_dataset(tmp_path, monkeypatch):
     """With config.data.download, a missing dataset is built by its TFDS builder, then read."""
-    source = datasets.prepare_digits(str(tmp_path / "elsewhere"))  # .../sklearn_digits/1.0.0
+    source = digits.prepare_digits(str(tmp_path / "elsewhere"))  # .../sklearn_digits/1.0.0
     data_dir = tmp_path / "tfds"
     requested = []
+    real_builder = tfds_source.tfds.builder
 
-    class FakeBuilder:  # stands in for a TFDS builder that downloads by itself
-        def __init__(self, name, data_dir):
-            requested.append((name, data_dir))
+    class Unprepared:  # stands in for a TFDS builder that downloads by itself
+        def __init__(self, name):
+            self.data_dir = str(data_dir / name / "1.0.0")
+
+        def is_prepared(self):
+            return False
 
         def download_and_prepare(self):
-            shutil.copytree(source, data_dir / "fake_digits" / "1.0.0")
+            requested.append("download")
+            shutil.copytree(source, self.data_dir)
 
-    monkeypatch.setattr(datasets.tfds, "builder", FakeBuilder)
-    with pytest.raises(datasets.DatasetNotFoundError, match="not prepared"):
-        datasets.open_tfds("fake_digits", str(data_dir))
-    with pytest.raises(datasets.DatasetNotFoundError, match="ILSVRC2012_img_train.tar"):
-        datasets.open_tfds("imagenet2012", str(data_dir), download=True)
-    assert not requested
-    builder = datasets.open_tfds("fake_digits", str(data_dir), download=True)
-    assert requested == [("fake_digits", str(data_dir))]
+    def fake_builder(name, data_dir):
+        requested.append(name)
+        prepared = os.path.exists(os.path.join(data_dir, name, "1.0.0"))
+        return real_builder(name, data_dir=data_dir) if prepared else Unprepared(name)
+
+    monkeypatch.setattr(tfds_source.tfds, "builder", fake_builder)
+    with pytest.raises(records.DatasetNotFoundError, match="not prepared"):
+        tfds_source.open_tfds("fake_digits", str(data_dir))
+    with pytest.raises(records.DatasetNotFoundError, match="ILSVRC2012_img_train.tar"):
+        tfds_source.open_tfds("imagenet2012", str(data_dir), download=True)
+    assert "download" not in requested
+    builder = tfds_source.open_tfds("fake_digits", str(data_dir), download=True)
+    assert requested[-3:] == ["fake_digits", "download", "fake_digits"]
     assert builder.info.features["label"].num_classes == 10

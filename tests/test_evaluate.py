@@ -1,4 +1,4 @@
-"""Tests for rectifiers_jax.evaluate: every protocol against an independent NumPy-side computation.
+"""rectifiers_jax.evaluate and evaluators: every protocol against an independent NumPy computation.
 
 Runs are made without training: a config.json and a checkpoint of freshly initialised tiny
 net14 params (width 1/16, image_size 80) whose last layer is rescaled so the softmax is far from
@@ -19,18 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_datasets import encode, photo
+from support import encode, photo, run_cli
 
 from configs.default import get_config
-from rectifiers_jax import (
-    checkpoints,
-    datasets,
-    evaluate,
-    input_pipeline,
-    models,
-    preprocessing,
-    train,
-)
+from rectifiers_jax import checkpoints, evaluate, models, train
+from rectifiers_jax.data import input_pipeline, mean, preprocessing, sources
+from rectifiers_jax.evaluators import dense
 
 STEP = 7
 CLASSES = ("cat", "coffee", "rocket")
@@ -116,15 +110,13 @@ def photo_run(tmp_path_factory) -> pathlib.Path:
 def load(run: pathlib.Path):
     config = checkpoints.load_config(run)
     model, variables = checkpoints.load_model(run)
-    cfg = preprocessing.PreprocessConfig.from_config(
-        config.data, mean=datasets.load_mean(config.data)
-    )
+    cfg = preprocessing.PreprocessConfig.from_config(config.data, mean=mean.load_mean(config.data))
     return config, model, variables, cfg
 
 
 def records(config, split: str) -> list[tuple[bytes, int]]:
     """(encoded image, label) of every example of `split`, in storage order, read directly."""
-    recs = datasets.host_records(config.data, split)
+    recs = sources.host_records(config.data, split)
     return [
         (bytes(key), int(label))
         for key, label in recs.dataset.map(lambda k, y: (recs.load(k), y)).as_numpy_iterator()
@@ -169,11 +161,17 @@ def dense_reference(model, params, image: np.ndarray, canvas: int, window: int) 
 # ----------------------------------------------------------------------------- protocols
 
 
+def evaluate_cli(run: pathlib.Path, *args: str) -> dict:
+    """`python -m rectifiers_jax.evaluate --workdir=RUN ARGS...`; the eval JSON it wrote."""
+    assert evaluate.main([f"--workdir={run}", *args]) == 0
+    protocol = next(a.split("=", 1)[1] for a in args if a.startswith("--protocol="))
+    return json.loads((run / f"eval_{protocol}.json").read_text())
+
+
 def test_center_two_scales_match_direct_computation(digits_run):
     split = "validation[:100]"  # 100: not a multiple of the batch of 16.
-    result = evaluate.main(
-        [f"--workdir={digits_run}", "--protocol=center", "--scales=88,96", f"--split={split}"]
-        + ["--batch_size=16"]
+    result = evaluate_cli(
+        digits_run, "--protocol=center", "--scales=88,96", f"--split={split}", "--batch_size=16"
     )
     config, model, variables, cfg = load(digits_run)
     examples = records(config, split)
@@ -185,8 +183,7 @@ def test_center_two_scales_match_direct_computation(digits_run):
         per_scale[scale] = softmax(apply(model, variables["params"], images))
         assert_metrics(result["per_scale"][str(scale)], reference_metrics(per_scale[scale], labels))
     assert_metrics(result, reference_metrics((per_scale[88] + per_scale[96]) / 2, labels))
-    saved = json.loads((digits_run / "eval_center.json").read_text())
-    assert saved == json.loads(json.dumps(result))
+    saved = result
     assert {k: saved[k] for k in ("protocol", "scales", "split", "step", "num_examples")} == {
         "protocol": "center",
         "scales": [88, 96],
@@ -199,9 +196,7 @@ def test_center_two_scales_match_direct_computation(digits_run):
 
 def test_ten_views_match_numpy_average(photo_run):
     # Defaults from the run: the split (validation, 5 photos: a batch of 8 pads 3).
-    result = evaluate.main(
-        [f"--workdir={photo_run}", "--protocol=10view", "--scales=96"] + ["--batch_size=8"]
-    )
+    result = evaluate_cli(photo_run, "--protocol=10view", "--scales=96", "--batch-size=8")
     config, model, variables, cfg = load(photo_run)
     examples = records(config, "validation")
     probs = np.stack(
@@ -223,11 +218,11 @@ def test_ten_views_match_numpy_average(photo_run):
 
 
 def test_dense_matches_every_window_of_the_bare_image(photo_run):
-    result = evaluate.main([f"--workdir={photo_run}", "--protocol=dense", "--scales=80"])
+    result = evaluate_cli(photo_run, "--protocol=dense", "--scales=80")
     config, model, variables, cfg = load(photo_run)
     examples = records(config, "validation")
     window = models.feature_map_size(model.architecture, 80)
-    canvas = evaluate.canvas_side(80, 4 / 3)
+    canvas = dense.canvas_side(80, 4 / 3)
     assert (window, canvas) == (6, 107)
     probs = np.stack(
         [
@@ -252,9 +247,7 @@ def test_dense_matches_every_window_of_the_bare_image(photo_run):
 def test_dense_of_an_exact_view_is_the_centre_view_and_its_flip(photo_run):
     # One 80x80 photo: its last conv map is one 6x6 window, but the 107-pixel canvas around it
     # must not leak into the map (net14's padded 2x2 convs read one pixel past the image).
-    result = evaluate.main(
-        [f"--workdir={photo_run}", "--protocol=dense", "--scales=80", "--split=square"]
-    )
+    result = evaluate_cli(photo_run, "--protocol=dense", "--scales=80", "--split=square")
     config, model, variables, cfg = load(photo_run)
     [(key, label)] = records(config, "square")
     views = preprocessing.eval_ten_views(key, cfg, resize=80).numpy()
@@ -272,12 +265,13 @@ def test_dense_groups_count_every_example_once(photo_run, process_count):
         batches, steps = input_pipeline.eval_iterator(
             config.data,
             global_batch_size=process_count,
+            mean=None,
             protocol="dense",
             resize=80,
             process_index=index,
             process_count=process_count,
         )
-        groups = list(evaluate.dense_groups(batches, group_size=2, canvas=107, architecture=arch))
+        groups = list(dense.dense_groups(batches, group_size=2, canvas=107, architecture=arch))
         group_counts.add(len(groups))
         for g in groups:
             assert g["image"].shape == (2, 107, 107, 3) and g["sizes"].shape == (
@@ -296,7 +290,7 @@ def test_valid_sizes_follow_the_bare_image():
     sizes = models.map_sizes(arch, 80, 107)
     assert sizes.shape == (len(arch.layers) + 1, 2) and tuple(sizes[0]) == (80, 107)
     assert tuple(sizes[-1]) == (6, models.feature_map_size(arch, 107))
-    assert evaluate.canvas_side(256, 4 / 3) == 342 and evaluate.canvas_side(3, 4 / 3) == 4
+    assert dense.canvas_side(256, 4 / 3) == 342 and dense.canvas_side(3, 4 / 3) == 4
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -325,9 +319,7 @@ def assert_one_error_line(stderr: str, message: str) -> None:
     ],
 )
 def test_bad_arguments_give_one_line(digits_run, capsys, args, message):
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate.run([f"--workdir={digits_run}", *args])
-    assert exit_info.value.code == 2
+    assert run_cli(evaluate.main, [f"--workdir={digits_run}", *args]) == 2
     assert_one_error_line(capsys.readouterr().err, message)
 
 
@@ -337,13 +329,11 @@ def test_bad_run_directories_give_one_line(tmp_path, capsys):
     (no_checkpoint / "config.json").write_text(get_config().to_json())
     (tmp_path / "empty").mkdir()
     cases = [
-        ([f"--workdir={tmp_path / 'missing'}"], "does not exist"),
-        ([f"--workdir={tmp_path / 'empty'}"], "config.json not found"),
-        ([f"--workdir={no_checkpoint}"], "no checkpoint directory"),
+        ([f"--workdir={tmp_path / 'missing'}"], "no such run directory"),
+        ([f"--workdir={tmp_path / 'empty'}"], "is not a run directory (no config.json"),
+        ([f"--workdir={no_checkpoint}"], "has no checkpoints yet (status: not started)"),
         ([], "the following arguments are required: --workdir"),
     ]
     for args, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.run(args)
-        assert exit_info.value.code == 2
+        assert run_cli(evaluate.main, args) == 2
         assert_one_error_line(capsys.readouterr().err, message)

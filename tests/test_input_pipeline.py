@@ -1,4 +1,4 @@
-"""Tests for rectifiers_jax.input_pipeline: shapes, determinism, resume, host splits, exact eval.
+"""rectifiers_jax.data.input_pipeline: shapes, determinism, resume, host splits, exact eval.
 
 Digits (8x8) keep the pipeline cheap; with image_size = resize_size = 8 and no flip, lighting or
 mean, a training image is exactly its decoded pixels, so examples can be identified by value.
@@ -11,13 +11,9 @@ import itertools
 
 import numpy as np
 import pytest
-from test_datasets import (  # Shared session fixtures and helpers.
-    data_config,
-    photo_folder,  # noqa: F401
-    tiny_photos_dir,  # noqa: F401
-)
+from support import data_config
 
-from rectifiers_jax import datasets, input_pipeline, preprocessing
+from rectifiers_jax.data import input_pipeline, mean, preprocessing, records, sources
 
 
 def identity_config(data_dir: str, **overrides):
@@ -50,7 +46,7 @@ def example_keys(images: np.ndarray, labels: np.ndarray) -> collections.Counter:
 
 def split_keys(config, split: str, process_index: int = 0, process_count: int = 1):
     """The multiset of decoded examples of a host's part, read directly (no pipeline)."""
-    records = datasets.host_records(
+    records = sources.host_records(
         config, split, process_index=process_index, process_count=process_count
     )
     decoded = records.dataset.map(lambda key, label: (preprocessing.decode_rgb(key), label))
@@ -59,12 +55,17 @@ def split_keys(config, split: str, process_index: int = 0, process_count: int = 
     )
 
 
-def test_train_batch_shapes_and_dtypes(digits_dir):  # noqa: F811
+def test_train_batch_shapes_and_dtypes(digits_dir):
     # The mean falls back to the per-channel mean of (here all 200) training images.
     config = augment_config(digits_dir, mean="per_channel", train_split="train[:200]")
     batch = next(
         input_pipeline.train_iterator(
-            config, global_batch_size=16, seed=0, process_index=0, process_count=1
+            config,
+            mean=mean.load_mean(config),
+            global_batch_size=16,
+            seed=0,
+            process_index=0,
+            process_count=1,
         )
     )
     assert set(batch) == {"image", "label"}
@@ -75,11 +76,11 @@ def test_train_batch_shapes_and_dtypes(digits_dir):  # noqa: F811
     assert -256 < batch["image"].min() < 0 < batch["image"].max() < 256  # 0..255 minus a mean.
 
 
-def test_same_seed_same_batches_other_seed_different(digits_dir):  # noqa: F811
+def test_same_seed_same_batches_other_seed_different(digits_dir):
     config = augment_config(digits_dir, train_split="train[:40]", shuffle_buffer=16)
     run = lambda seed: take(
         input_pipeline.train_iterator(
-            config, global_batch_size=8, seed=seed, process_index=0, process_count=1
+            config, mean=None, global_batch_size=8, seed=seed, process_index=0, process_count=1
         ),
         7,
     )
@@ -92,16 +93,17 @@ def test_same_seed_same_batches_other_seed_different(digits_dir):  # noqa: F811
     )
 
 
-def test_resume_at_step_k_is_bit_identical(digits_dir):  # noqa: F811
+def test_resume_at_step_k_is_bit_identical(digits_dir):
     # Host 1 of 2 holds 25 of 50 examples; host batch 8, so epochs end mid-batch. Step 2 resumes
     # inside epoch 0 (example 16), step 7 inside epoch 2 (example 56 = 2 * 25 + 6). Windows of
     # 10 records exercise the windowed shuffle.
     config = augment_config(digits_dir, train_split="train[:50]", shuffle_buffer=10)
     kwargs = dict(global_batch_size=16, seed=11, process_index=1, process_count=2)
-    straight = take(input_pipeline.train_iterator(config, **kwargs), 10)
+    straight = take(input_pipeline.train_iterator(config, mean=None, **kwargs), 10)
     for start_step in (2, 7):
         resumed = take(
-            input_pipeline.train_iterator(config, start_step=start_step, **kwargs), 10 - start_step
+            input_pipeline.train_iterator(config, mean=None, start_step=start_step, **kwargs),
+            10 - start_step,
         )
         for step, batch in enumerate(resumed, start=start_step):
             np.testing.assert_array_equal(
@@ -111,7 +113,7 @@ def test_resume_at_step_k_is_bit_identical(digits_dir):  # noqa: F811
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
-def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_count):  # noqa: F811
+def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_count):
     config = identity_config(digits_dir, train_split="train[:101]", shuffle_buffer=32)
     whole = split_keys(config, "train[:101]")
     host_batch, union = 5, collections.Counter()
@@ -121,6 +123,7 @@ def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_cou
         batches = take(
             input_pipeline.train_iterator(
                 config,
+                mean=None,
                 global_batch_size=host_batch * process_count,
                 seed=0,
                 process_index=index,
@@ -138,7 +141,7 @@ def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_cou
     assert union == whole and sum(union.values()) == 101
 
 
-def test_folder_train_batches(photo_folder):  # noqa: F811
+def test_folder_train_batches(photo_folder):
     config = data_config(
         source="folder",
         folder=str(photo_folder),
@@ -152,7 +155,12 @@ def test_folder_train_batches(photo_folder):  # noqa: F811
     )
     batches = take(
         input_pipeline.train_iterator(
-            config, global_batch_size=4, seed=0, process_index=0, process_count=1
+            config,
+            global_batch_size=4,
+            seed=0,
+            mean=mean.load_mean(config),
+            process_index=0,
+            process_count=1,
         ),
         4,
     )
@@ -163,7 +171,7 @@ def test_folder_train_batches(photo_folder):  # noqa: F811
 
 
 @pytest.mark.parametrize(("process_count", "global_batch_size"), [(1, 16), (3, 24)])
-def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_size):  # noqa: F811
+def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_size):
     config = identity_config(digits_dir)
     split = "validation[:100]"  # 100: not a multiple of the batch; 34/33/33 on 3 hosts.
     expected = split_keys(config, split)
@@ -171,6 +179,7 @@ def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_
     for index in range(process_count):
         batches, num_steps = input_pipeline.eval_iterator(
             config,
+            mean=None,
             global_batch_size=global_batch_size,
             split=split,
             process_index=index,
@@ -189,31 +198,35 @@ def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_
     assert got == expected and sum(got.values()) == 100
 
 
-def test_eval_protocols_on_photos(tiny_photos_dir):  # noqa: F811
+def test_eval_protocols_on_photos(tiny_photos_dir):
     config = data_config(
         name="tiny_photos", data_dir=tiny_photos_dir, image_size=32, eval_resize=40, mean="none"
     )
     cfg = preprocessing.PreprocessConfig.from_config(config)
     encoded = [
-        key for key, _ in datasets.host_records(config, "validation").dataset.as_numpy_iterator()
+        key for key, _ in sources.host_records(config, "validation").dataset.as_numpy_iterator()
     ]
     # 3 images on 2 hosts: parts of 2 and 1, so 2 steps each and host 1 pads its second.
     for index, part in ((0, encoded[:2]), (1, encoded[2:])):
         kwargs = dict(global_batch_size=2, process_index=index, process_count=2)
-        center, steps = input_pipeline.eval_iterator(config, protocol="center", **kwargs)
+        center, steps = input_pipeline.eval_iterator(config, mean=None, protocol="center", **kwargs)
         batches = list(center)
         assert steps == 2 and [b["mask"].tolist() for b in batches] == [[True], [index == 0]]
         for batch, key in zip(batches, part, strict=False):
             np.testing.assert_allclose(
                 batch["image"][0], preprocessing.eval_center(key, cfg).numpy()
             )
-        views, _ = input_pipeline.eval_iterator(config, protocol="10view", resize=48, **kwargs)
+        views, _ = input_pipeline.eval_iterator(
+            config, mean=None, protocol="10view", resize=48, **kwargs
+        )
         first = next(iter(views))
         assert first["image"].shape == (1, 10, 32, 32, 3)
         np.testing.assert_allclose(
             first["image"][0], preprocessing.eval_ten_views(part[0], cfg, resize=48).numpy()
         )
-        dense, steps = input_pipeline.eval_iterator(config, protocol="dense", resize=36, **kwargs)
+        dense, steps = input_pipeline.eval_iterator(
+            config, mean=None, protocol="dense", resize=36, **kwargs
+        )
         batches = list(dense)
         assert (
             steps == 2 and len(batches) == 2 and sum(b["mask"].sum() for b in batches) == len(part)
@@ -222,43 +235,45 @@ def test_eval_protocols_on_photos(tiny_photos_dir):  # noqa: F811
             assert batch["image"].shape[0] == 1 and min(batch["image"].shape[1:3]) == 36
 
 
-def test_steps_per_epoch(digits_dir):  # noqa: F811
-    info = input_pipeline.get_info(identity_config(digits_dir))
+def test_steps_per_epoch(digits_dir):
+    info = sources.get_info(identity_config(digits_dir))
     assert input_pipeline.steps_per_epoch(info, 64) == 1437 // 64
 
 
-def test_indivisible_global_batch_is_refused(digits_dir):  # noqa: F811
+def test_indivisible_global_batch_is_refused(digits_dir):
     config = identity_config(digits_dir)
     with pytest.raises(
         ValueError, match="global_batch_size=10 must be a positive multiple of the process count 3"
     ):
         input_pipeline.train_iterator(
-            config, global_batch_size=10, seed=0, process_index=0, process_count=3
+            config, mean=None, global_batch_size=10, seed=0, process_index=0, process_count=3
         )
     with pytest.raises(ValueError, match="multiple of the process count 4"):
-        input_pipeline.eval_iterator(config, global_batch_size=6, process_index=0, process_count=4)
+        input_pipeline.eval_iterator(
+            config, mean=None, global_batch_size=6, process_index=0, process_count=4
+        )
 
 
-def test_batch_larger_than_host_split_is_refused(digits_dir):  # noqa: F811
+def test_batch_larger_than_host_split_is_refused(digits_dir):
     config = identity_config(digits_dir, train_split="train[:10]")
     with pytest.raises(ValueError, match="host 1 of 2 holds 5 examples.*fewer than its batch of 8"):
         input_pipeline.train_iterator(
-            config, global_batch_size=16, seed=0, process_index=1, process_count=2
+            config, mean=None, global_batch_size=16, seed=0, process_index=1, process_count=2
         )
 
 
 def test_missing_dataset_stops_with_preparation_steps(tmp_path):
     config = data_config(name="imagenet2012", data_dir=str(tmp_path))
     with pytest.raises(
-        datasets.DatasetNotFoundError, match="ILSVRC2012_img_train.tar.*tfds build imagenet2012"
+        records.DatasetNotFoundError, match="ILSVRC2012_img_train.tar.*tfds build imagenet2012"
     ):
         input_pipeline.train_iterator(
-            config, global_batch_size=8, seed=0, process_index=0, process_count=1
+            config, mean=None, global_batch_size=8, seed=0, process_index=0, process_count=1
         )
 
 
-def test_unknown_protocol_is_refused(digits_dir):  # noqa: F811
+def test_unknown_protocol_is_refused(digits_dir):
     with pytest.raises(ValueError, match="eval protocol 'multi'; valid: center, 10view, dense"):
         input_pipeline.eval_iterator(
-            identity_config(digits_dir), global_batch_size=8, protocol="multi"
+            identity_config(digits_dir), global_batch_size=8, mean=None, protocol="multi"
         )

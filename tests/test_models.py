@@ -468,7 +468,7 @@ def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_siz
     Forward against a NumPy convolution; gradients (input and kernel) against the same layer
     written as one explicitly padded `lax.conv_general_dilated`, the pre-fix formulation.
     """
-    layer = models.ConvLayer(
+    layer = layers.ConvLayer(
         6, initializers.get("he_fan_in"), None, kernel_size=kernel_size, padding=pad
     )
     x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))

@@ -12,7 +12,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rectifiers_jax import checkpoints, datasets
+from rectifiers_jax import checkpoints
+from rectifiers_jax.data import digits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def test_two_processes_train_one_model_and_checkpoint_it(tmp_path):
     # Two fake CPU devices per process: a 4-device ('data',) mesh over two hosts.
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     # Prepare the dataset once, so the two processes do not both write it.
-    datasets.prepare_digits(str(data_dir))
+    digits.prepare_digits(str(data_dir))
     procs = [
         subprocess.Popen(
             [*common, f"--process_id={i}"],

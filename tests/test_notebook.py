@@ -6,13 +6,12 @@ from pathlib import Path
 
 import nbclient
 import nbformat
-from test_analysis import tiny_run  # noqa: F401  (shared session fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "inspect_run.ipynb"
 
 
-def test_inspect_run_notebook_executes(tiny_run, monkeypatch):  # noqa: F811
+def test_inspect_run_notebook_executes(tiny_run, monkeypatch):
     monkeypatch.setenv("RUN_DIR", str(tiny_run))  # the kernel inherits the environment
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(

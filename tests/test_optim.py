@@ -95,19 +95,6 @@ def test_unknown_style_names_valid_ones():
         optim.momentum_sgd(0.1, style="pytorch")
 
 
-@pytest.mark.parametrize(
-    "kwargs, field",
-    [
-        ({"learning_rate": -0.1}, "learning_rate"),
-        ({"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
-        ({"learning_rate": 0.1, "weight_decay": -1e-4}, "weight_decay"),
-    ],
-)
-def test_momentum_sgd_rejects_bad_numbers(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        optim.momentum_sgd(**kwargs)
-
-
 # ----------------------------------------------------------------------------------------------
 # Weight-decay mask: never on `a` (paper Sec. 2.1), by name not rank; biases per decay_biases.
 
@@ -256,6 +243,8 @@ def test_get_learning_rate_for_every_schedule(schedule):
         ({"style": "torch"}, "config.optim.style"),
         ({"decay_factor": 0.0}, "config.optim.decay_factor"),
         ({"schedule": "plateau", "plateau_patience": 0}, "config.optim.plateau_patience"),
+        ({"plateau_min_delta": -1.0}, "config.optim.plateau_min_delta"),
+        ({"plateau_max_drops": -1}, "config.optim.plateau_max_drops"),
     ],
 )
 def test_make_optimizer_rejects_bad_config(overrides, field):
@@ -274,7 +263,7 @@ def test_unknown_schedule_lists_valid_ones():
 
 
 def test_plateau_tracker_decisions():
-    tracker = optim.PlateauTracker(patience=2, min_delta=0.1, factor=0.1)
+    tracker = optim.PlateauTracker(patience=2, min_delta=0.1)
     errors = [50.0, 40.0, 39.95, 39.92, 39.0, 38.95, 38.99, 30.0, 30.0, 29.95]
     # 39.95, 39.92: within 0.1 of best 40.0 -> two bad evals -> drop. 39.0 improves. 38.95 and
     # 38.99 are within 0.1 of 39.0 -> drop. 30.0 improves; 30.0, 29.95 not enough -> drop.
@@ -338,39 +327,13 @@ def test_set_learning_rate_changes_next_update_without_recompiling(style):
     assert float(w) == pytest.approx(expected, abs=1e-6)
 
 
-def test_maybe_drop_learning_rate_from_config():
+def test_plateau_tracker_from_config():
     cfg = _optim_config(
-        schedule="plateau",
-        learning_rate=0.01,
-        plateau_patience=1,
-        plateau_min_delta=0.1,
-        plateau_max_drops=2,
+        schedule="plateau", plateau_patience=3, plateau_min_delta=0.5, plateau_max_drops=1
     )
-    tx = optim.make_optimizer(cfg, 10)
     tracker = optim.make_plateau_tracker(cfg)
-    state = tx.init({"kernel": jnp.ones(3)})
-    rates = []
-    for error in (40.0, 39.0, 38.95, 30.0, 30.0, 30.0):
-        state, _ = optim.maybe_drop_learning_rate(state, tracker, error)
-        rates.append(float(optim.get_learning_rate(state)))
-    # Drops at 38.95 (not 0.1 better) and the first repeated 30.0; then max_drops is reached.
-    np.testing.assert_allclose(rates, [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-5)
+    assert (tracker.patience, tracker.min_delta, tracker.max_drops) == (3, 0.5, 1)
     assert optim.make_plateau_tracker(_optim_config(schedule="steps")) is None
-
-
-def test_plateau_tracker_from_config_and_field_errors():
-    cfg = _optim_config(plateau_patience=3, plateau_min_delta=0.5, decay_factor=0.2)
-    tracker = optim.PlateauTracker.from_config(cfg)  # whatever the schedule
-    assert (tracker.patience, tracker.min_delta, tracker.factor, tracker.max_drops) == (
-        3,
-        0.5,
-        0.2,
-        2,
-    )
-    bad = {"plateau_min_delta": -1.0, "plateau_max_drops": -1}
-    for field, value in bad.items():
-        with pytest.raises(ValueError, match=rf"config\.optim\.{field}"):
-            optim.PlateauTracker.from_config(_optim_config(**{field: value}))
 
 
 def test_set_learning_rate_keeps_sharding_of_a_replicated_state():

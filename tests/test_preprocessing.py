@@ -7,7 +7,6 @@ CMYK) and PNG (RGB, grayscale, RGBA); references are PIL and NumPy.
 from __future__ import annotations
 
 import io
-import logging
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import default as default_config
-from rectifiers_jax import preprocessing as pp
+from rectifiers_jax.data import preprocessing as pp
 
 S = 224
 CHANNEL_MEAN = np.array([123.7, 116.8, 103.9], np.float32)
@@ -66,20 +65,6 @@ def _seed(i: int, dtype=tf.int64) -> tf.Tensor:
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def test_accelerators_hidden_from_tensorflow(monkeypatch, caplog):
-    assert tf.config.get_visible_devices("GPU") == []
-    assert tf.config.get_visible_devices("TPU") == []
-
-    def initialised(*args, **kwargs):
-        raise RuntimeError("Visible devices cannot be modified after being initialized")
-
-    # Too late to hide them (TF already initialised by someone else): logged, not swallowed.
-    monkeypatch.setattr(tf.config, "set_visible_devices", initialised)
-    with caplog.at_level(logging.WARNING):
-        pp._hide_accelerators_from_tensorflow()
-    assert "Could not hide GPUs" in caplog.text and "Could not hide TPUs" in caplog.text
 
 
 def test_from_config_reads_the_data_section():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 import pytest
-from support import hand_layers
+from support import hand_layers, run_cli
 
 from rectifiers_jax import models, summary
 
@@ -121,7 +121,7 @@ def test_cli_prints_table_with_total_params(capsys, argv, total):
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line_error(capsys, argv, mentions):
-    assert summary.main(argv) == 2
+    assert run_cli(summary.main, argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()

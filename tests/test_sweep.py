@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from support import run_cli
 
 from launch import sweep as sweep_lib
 
@@ -207,7 +208,7 @@ def test_changed_sweep_refuses_old_trial_dirs(tmp_path, capsys):
     config = write_sweep_config(tmp_path, axes={"model.init": ["xavier"]})
     assert sweep_lib.main([config, "--local"], runner=lambda c: 0) == 1
     changed = write_sweep_config(tmp_path, axes={"model.init": ["xavier"]}, fixed={})
-    assert sweep_lib.main([changed, "--local"], runner=lambda c: 0) == 2
+    assert run_cli(lambda argv: sweep_lib.main(argv, runner=lambda c: 0), [changed, "--local"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "made with a different command" in error
 
@@ -216,7 +217,7 @@ def test_slurm_submissions_skip_live_trials(tmp_path, capsys):
     config = write_sweep_config(tmp_path)
     trials = sweep_lib.expand(sweep_lib.load_sweep(config))
     write_status(trials[0].workdir, "running")  # may be live on the cluster: not resubmitted
-    assert sweep_lib.main([config, "--slurm", "--dry-run"]) == 0
+    assert sweep_lib.main([config, "--slurm", "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert f"# skip {trials[0].name} (running)" in out
     commands = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
@@ -264,7 +265,7 @@ def test_tpu_submission_gives_each_trial_its_own_detached_slice(tmp_path):
 )
 def test_bad_axes_fail_before_any_run(tmp_path, capsys, axes, message):
     config = write_sweep_config(tmp_path, axes=axes)
-    assert sweep_lib.main([config, "--local"], runner=pytest.fail) == 2
+    assert run_cli(lambda argv: sweep_lib.main(argv, runner=pytest.fail), [config, "--local"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {message}") and error.count("\n") == 1
     assert not (tmp_path / "sweep").exists()

@@ -1,5 +1,5 @@
 """sweep_table on a fabricated sweep (written by launch.sweep, results by hand) and the workdir
-readers of analysis.runs. Chance on 10 classes is 90% top-1 error."""
+readers of run_files. Chance on 10 classes is 90% top-1 error."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import math
 from pathlib import Path
 
 import pytest
+from support import run_cli
 
 from launch import sweep as sweep_lib
-from rectifiers_jax.analysis import runs, sweep_table
+from rectifiers_jax import run_files
+from rectifiers_jax.analysis import sweep_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +104,9 @@ def test_outcomes_metrics_and_files(sweep_dir, capsys):
     assert float(done["top1_error"]) == 3.1 and float(done["top5_error"]) == pytest.approx(
         3.1 / 3, 1e-3
     )
-    assert float(done["train_loss"]) == 0.12 and done["step"] == "200" and done["epoch"] == "10"
+    assert (
+        float(done["train_loss"]) == 0.12 and done["step"] == "200" and float(done["epoch"]) == 10
+    )
     assert rows["init=xavier,init_scale=4.0"]["top1_error"] == ""
     assert rows["init=he_fan_in,init_scale=4.0"]["train_loss"] == "nan"
     markdown = (sweep_dir / "sweep_table.md").read_text()
@@ -146,21 +150,21 @@ def test_read_metrics_keeps_one_history_across_a_resume(tmp_path):
     records += [{"step": s, "train/loss": 0.5} for s in (60, 80)]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 100, "train/lo'
     (tmp_path / "metrics.jsonl").write_text(text)  # the last line torn by a kill
-    metrics = runs.read_metrics(tmp_path)
+    metrics = run_files.read_metrics(tmp_path)
     assert [(r["step"], r["train/loss"]) for r in metrics] == [
         (20, 1.0),
         (40, 1.0),
         (60, 0.5),
         (80, 0.5),
     ]
-    assert runs.final_eval(tmp_path) == {}
-    assert runs.read_status(tmp_path) == {} and runs.read_config(tmp_path) == {}
+    assert run_files.final_eval(tmp_path) == {}
+    assert run_files.read_status(tmp_path) == {} and run_files.read_config(tmp_path) == {}
 
 
 def test_missing_sweep_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "nope"
-    assert sweep_table.main([str(missing)]) == 2
+    assert run_cli(sweep_table.main, [str(missing)]) == 2
     assert capsys.readouterr().err == f"error: sweep directory {missing} does not exist\n"
-    assert sweep_table.main([str(tmp_path)]) == 2
+    assert run_cli(sweep_table.main, [str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert f"{tmp_path / 'sweep.json'} not found" in error and error.count("\n") == 1

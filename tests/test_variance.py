@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from support import run_cli
 
 from rectifiers_jax import models
 from rectifiers_jax.analysis import variance
@@ -99,6 +100,6 @@ def test_cli_writes_table_csv_and_plot(net30, tmp_path, monkeypatch, capsys):
     ],
 )
 def test_cli_bad_input_is_one_line(args, message, capsys):
-    assert variance.main(args) == 2
+    assert run_cli(variance.main, args) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1

@@ -2,7 +2,7 @@
 
     python -m launch.sweep configs/sweeps/cpu_figures.py:fig2 --local   # model B, 22 layers
     python -m launch.sweep configs/sweeps/cpu_figures.py:fig3 --local   # net30, 30 layers
-    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/fig2_cpu --scale-key seed
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/fig2_cpu --scale_key=seed
     python -m rectifiers_jax.analysis.curves runs/sweeps/fig2_cpu/init=* --splits eval \
         --out runs/fig2_cpu.png
 

@@ -1,7 +1,7 @@
 """A 4-trial sweep that checks the sweep machinery end to end on a CPU.
 
     python -m launch.sweep configs/sweeps/cpu_smoke.py --local
-    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/cpu_smoke --num-classes 10
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/cpu_smoke --num_classes=10
 
 He fan-in vs Xavier at variance scales 1/2 and 2 on a tiny net14 for 6 steps: about a minute per
 trial on 2 cores, nearly all of it start-up and compilation. The numbers mean little (at scale 2

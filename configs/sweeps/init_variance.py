@@ -1,8 +1,8 @@
 """Init-variance ablation (paper Sec. 2.2, Figs. 2 and 3) on the offline default run.
 
-    python -m launch.sweep configs/sweeps/init_variance.py --dry-run
+    python -m launch.sweep configs/sweeps/init_variance.py --dry_run
     python -m launch.sweep configs/sweeps/init_variance.py --local
-    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/init_variance --num-classes 10
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/init_variance --num_classes=10
 
 Grid: depth (net14, net30) x activation (ReLU, PReLU) x init (He fan-in, Xavier) x variance scale
 2^-4 .. 2^4 = 72 trials of configs/default.py (scikit-learn digits, width 0.125, 30 epochs).

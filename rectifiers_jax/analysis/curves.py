@@ -2,7 +2,7 @@
 
     python -m rectifiers_jax.analysis.curves runs/b_he runs/b_xavier --out fig2.png
 
-Reads each run's metrics.jsonl (`analysis.runs.read_metrics`: a resumed run's repeated steps are
+Reads each run's metrics.jsonl (`run_files.read_metrics`: a resumed run's repeated steps are
 dropped). `--metric eval/top1_error` (default) plots `train/top1_error` dashed and
 `eval/top1_error` solid, one colour per run; any `train/X` or `eval/X` works. `--splits eval`
 keeps one line per run (for many runs, e.g. a sweep's seeds). Writes the PNG and, beside it, a
@@ -11,15 +11,14 @@ CSV of every plotted point (run, split, step, epoch, metric, value).
 
 from __future__ import annotations
 
-import argparse
-import sys
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from etils import epath
 
-from rectifiers_jax import cli
-from rectifiers_jax.analysis import report, runs
+from rectifiers_jax import cli, run_files
+from rectifiers_jax.analysis import tables
 
 DEFAULT_METRIC = "eval/top1_error"
 SPLITS = ("train", "eval")
@@ -32,7 +31,7 @@ def curve_points(
     split)."""
     name = metric.split("/", 1)[-1]
     points = []
-    for record in runs.read_metrics(workdir):
+    for record in run_files.read_metrics(workdir):
         for split in splits:
             key = f"{split}/{name}"
             if record.get(key) is not None:
@@ -58,10 +57,10 @@ def collect(
         raise ValueError(f"--splits {','.join(splits)!r}: each must be one of {', '.join(SPLITS)}")
     points = []
     for workdir in workdirs:
-        report.require_run_dir(workdir)
-        if not runs.read_metrics(workdir):
+        run_files.require_run_dir(workdir)
+        if not run_files.read_metrics(workdir):
             raise ValueError(f"{workdir} has no metrics.jsonl records yet")
-        found = curve_points(workdir, metric, report.run_label(workdir, workdirs), splits)
+        found = curve_points(workdir, metric, tables.run_label(workdir, workdirs), splits)
         if not found:
             raise ValueError(f"{workdir} logged no {metric} for splits {', '.join(splits)}")
         points += found
@@ -69,7 +68,7 @@ def collect(
 
 
 def _describe(workdir: str | epath.PathLike) -> str:
-    model = runs.read_config(workdir).get("model", {})
+    model = run_files.read_config(workdir).get("model", {})
     return ", ".join(str(model[k]) for k in ("name", "activation", "init") if k in model)
 
 
@@ -122,14 +121,14 @@ def write_curves(
     points = collect(workdirs, metric, splits)
     png = epath.Path(out)
     csv_path = png.with_suffix(".csv")
-    descriptions = {report.run_label(w, workdirs): _describe(w) for w in workdirs}
+    descriptions = {tables.run_label(w, workdirs): _describe(w) for w in workdirs}
     plot(points, png, metric, descriptions)
-    report.write_csv(points, csv_path)
+    tables.write_csv(points, csv_path)
     return png, csv_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.analysis.curves", description=__doc__.splitlines()[0]
     )
     parser.add_argument("runs", nargs="+", help="run directories")
@@ -139,14 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--splits", default=",".join(SPLITS), help="comma-separated, default %(default)s"
     )
     args = parser.parse_args(argv)
-    try:
-        splits = [split for split in args.splits.split(",") if split]
-        png, csv_path = write_curves(args.runs, args.out, args.metric, splits)
-    except (OSError, ValueError) as error:
-        return cli.fail(error)
+    splits = [split for split in args.splits.split(",") if split]
+    png, csv_path = write_curves(args.runs, args.out, args.metric, splits)
     print(f"wrote {png} and {csv_path}")
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, library_level=logging.ERROR)

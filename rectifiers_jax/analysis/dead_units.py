@@ -1,6 +1,6 @@
 """Dead units per layer: the fraction of units never positive over the validation images.
 
-    python -m rectifiers_jax.analysis.dead_units runs/net14_relu runs/net14_prelu [--num-batches N]
+    python -m rectifiers_jax.analysis.dead_units runs/net14_relu runs/net14_prelu [--num_batches=N]
 
 A unit is a channel of a conv layer or a neuron of an fc layer; it is dead when its
 pre-activation response y (paper Eq. 9) is <= 0 at every position of every evaluated image.
@@ -12,10 +12,9 @@ for every run, and the side-by-side table to `--out` when given.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import sys
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from rectifiers_jax import checkpoints, cli, input_pipeline, models
-from rectifiers_jax.analysis import report, runs, slopes
+from rectifiers_jax import checkpoints, cli, models, run_files
+from rectifiers_jax.analysis import tables
+from rectifiers_jax.data import input_pipeline, mean
 
 CSV_NAME = "dead_units.csv"
 
@@ -92,7 +92,7 @@ def count_dead(
 
 
 def run_dead_units(
-    run: slopes.Run,
+    run: checkpoints.Run,
     *,
     num_batches: int | None = None,
     batch_size: int | None = None,
@@ -104,14 +104,16 @@ def run_dead_units(
         data = data.copy_and_resolve_references()
         data.data_dir = data_dir
     batches, _ = input_pipeline.eval_iterator(
-        data, global_batch_size=batch_size or run.config.train.eval_batch_size
+        data,
+        global_batch_size=batch_size or run.config.train.eval_batch_size,
+        mean=mean.load_mean(data),
     )
     return count_dead(run.model, run.params, batches, num_batches)
 
 
 def logged_dead(workdir: str | epath.PathLike) -> dict[str, float]:
     """The last logged `dead/<layer>` values of metrics.jsonl ({} when none)."""
-    for record in reversed(runs.read_metrics(workdir)):
+    for record in reversed(run_files.read_metrics(workdir)):
         logged = {k.removeprefix("dead/"): v for k, v in record.items() if k.startswith("dead/")}
         if logged:
             return logged
@@ -158,51 +160,47 @@ def side_by_side(tables: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.analysis.dead_units", description=__doc__.splitlines()[0]
     )
     parser.add_argument("workdirs", nargs="+", help="run directories (e.g. a ReLU and a PReLU run)")
-    parser.add_argument("--num-batches", type=int, help="evaluate at most this many batches")
-    parser.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
+    parser.add_argument("--num_batches", type=int, help="evaluate at most this many batches")
+    parser.add_argument("--batch_size", type=int, help="default: the run's train.eval_batch_size")
     parser.add_argument(
-        "--data-dir", help="override config.data.data_dir (e.g. on another machine)"
+        "--data_dir", help="override config.data.data_dir (e.g. on another machine)"
     )
     parser.add_argument("--out", help="also write the side-by-side table as CSV here")
     args = parser.parse_args(argv)
     if args.num_batches is not None and args.num_batches < 1:
-        return cli.fail(f"--num-batches must be >= 1, got {args.num_batches}")
-    report.quiet_logs()
-    tables, lines = {}, []
-    try:
-        for workdir in args.workdirs:
-            run = slopes.load_run(workdir)
-            result = run_dead_units(
-                run,
-                num_batches=args.num_batches,
-                batch_size=args.batch_size,
-                data_dir=args.data_dir,
-            )
-            rows = run_rows(result, logged_dead(workdir))
-            report.write_csv(rows, epath.Path(workdir) / CSV_NAME)
-            label = report.run_label(workdir, args.workdirs)
-            tables[label] = rows
-            lines.append(
-                f"{label}: {run.config.model.name} {run.config.model.activation}, checkpoint step "
-                f"{run.step}, {result.num_images} {run.config.data.eval_split} images "
-                f"-> {epath.Path(workdir) / CSV_NAME}"
-            )
-        merged = side_by_side(tables)
-        if args.out:
-            report.write_csv(merged, args.out)
-    except (OSError, ValueError, checkpoints.CheckpointError) as error:
-        return cli.fail(error)
+        raise cli.UsageError(f"--num_batches must be >= 1, got {args.num_batches}")
+    per_run, lines = {}, []
+    for workdir in args.workdirs:
+        run = checkpoints.load_run(workdir)
+        result = run_dead_units(
+            run,
+            num_batches=args.num_batches,
+            batch_size=args.batch_size,
+            data_dir=args.data_dir,
+        )
+        rows = run_rows(result, logged_dead(workdir))
+        tables.write_csv(rows, epath.Path(workdir) / CSV_NAME)
+        label = tables.run_label(workdir, args.workdirs)
+        per_run[label] = rows
+        lines.append(
+            f"{label}: {run.config.model.name} {run.config.model.activation}, checkpoint step "
+            f"{run.step}, {result.num_images} {run.config.data.eval_split} images "
+            f"-> {epath.Path(workdir) / CSV_NAME}"
+        )
+    merged = side_by_side(per_run)
+    if args.out:
+        tables.write_csv(merged, args.out)
     print("\n".join(lines))
     print("fraction of units never positive ('dead'); 'logged': last training-batch value")
-    print(report.text_table(merged))
+    print(tables.text_table(merged))
     if args.out:
         print(f"wrote {args.out}")
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, library_level=logging.ERROR)

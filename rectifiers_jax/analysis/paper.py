@@ -6,7 +6,7 @@ and the ImageNet 2012 validation errors, keyed so a run's config finds its row.
 
 A result row is keyed by model name (`models.NAMES`), activation (`layers.ACTIVATIONS`), init
 family ("he" for every `he_*` scheme, "xavier" for `xavier` and `glorot_uniform`), protocol
-("10view" or "dense", as in `input_pipeline.PROTOCOLS`) and test scales (shorter sides; None:
+("10view" or "dense", as in `evaluators.evaluator.PROTOCOLS`) and test scales (shorter sides; None:
 the paper gives none). Leaky ReLU and the 6-model ensemble have no row here.
 """
 

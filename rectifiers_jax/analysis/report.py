@@ -1,5 +1,4 @@
-"""Every run's results beside the paper's numbers, as Markdown; and the table helpers that all
-analysis CLIs share (`text_table`, `markdown_table`, `write_csv`, `fail`, `require_run_dir`).
+"""Every run's results beside the paper's numbers, as Markdown.
 
     python -m rectifiers_jax.analysis.report runs/net14_relu runs/net14_prelu --out report.md
 
@@ -13,87 +12,15 @@ protocol and scales match the paper's. The paper's numbers are ImageNet 2012 val
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from etils import epath
 
-from rectifiers_jax import cli
-from rectifiers_jax.analysis import paper, runs, sweep_table
-
-Row = Mapping[str, Any]
-
-# ----------------------------------------------------------------------------------------------
-# Shared table helpers.
-
-
-def cell(value: Any, floatfmt: str = ".3f") -> str:
-    """A table cell: "" for None, floats with `floatfmt`, ints with thousands separators."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return format(value, floatfmt)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def text_table(rows: Sequence[Row], floatfmt: str = ".3f") -> str:
-    """Aligned plain-text table of `rows` (dicts with the same keys); numbers right-aligned."""
-    if not rows:
-        return "(no rows)"
-    header = list(rows[0])
-    cells = [[cell(row.get(key), floatfmt) for key in header] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    numeric = [all(isinstance(r.get(k), int | float | None) for r in rows) for k in header]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, cells)])
-
-
-def markdown_table(rows: Sequence[Row], floatfmt: str = ".2f") -> str:
-    """GitHub Markdown table of `rows`."""
-    return sweep_table.to_markdown([{k: cell(v, floatfmt) for k, v in r.items()} for r in rows])
-
-
-def write_csv(rows: Sequence[Row], path: str | epath.PathLike) -> None:
-    """CSV with a header row; numbers written in full precision, None as empty."""
-    epath.Path(path).write_text(sweep_table.to_csv([dict(r) for r in rows]) if rows else "")
-
-
-def quiet_logs() -> None:
-    """Keep orbax's and TensorFlow's informational warnings out of a CLI's output."""
-    from absl import logging
-
-    logging.set_verbosity(logging.ERROR)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def require_run_dir(workdir: str | epath.PathLike) -> epath.Path:
-    """The workdir as a path; FileNotFoundError when it is missing or has no config.json."""
-    path = epath.Path(workdir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{workdir}: no such run directory")
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{workdir} is not a run directory (no config.json)")
-    return path
-
-
-def run_label(workdir: str | epath.PathLike, others: Sequence[str | epath.PathLike] = ()) -> str:
-    """Short name of a run: its folder name, or the whole path if another run shares it."""
-    name = epath.Path(workdir).name
-    clash = [w for w in others if epath.Path(w).name == name and str(w) != str(workdir)]
-    return str(workdir) if clash else name
-
+from rectifiers_jax import cli, run_files
+from rectifiers_jax.analysis import paper, tables
 
 # ----------------------------------------------------------------------------------------------
 # The report.
@@ -128,7 +55,7 @@ def evaluations(workdir: str | epath.PathLike, config: Mapping[str, Any]) -> lis
     Each is {"source", "protocol", "scales", "top1_error", "top5_error", "num_examples"}.
     """
     found = []
-    last = runs.final_eval(workdir)
+    last = run_files.final_eval(workdir)
     if last:
         resize = int(config.get("data", {}).get("eval_resize", 0)) or None
         found.append(_evaluation(f"training (step {last.get('step')})", "center", (resize,), last))
@@ -179,11 +106,11 @@ def run_rows(
     workdir: str | epath.PathLike, label: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the run's summary row, one result row per evaluation beside the paper's row)."""
-    require_run_dir(workdir)
-    config = runs.read_config(workdir)
+    run_files.require_run_dir(workdir)
+    config = run_files.read_config(workdir)
     model, data = config.get("model", {}), config.get("data", {})
-    status = runs.read_status(workdir)
-    metrics = runs.read_metrics(workdir)
+    status = run_files.read_status(workdir)
+    metrics = run_files.read_metrics(workdir)
     total, slopes = parameter_counts(workdir)
     dataset = data.get("name") if data.get("source", "tfds") == "tfds" else data.get("folder")
     summary = {
@@ -231,7 +158,7 @@ def build_report(workdirs: Sequence[str | epath.PathLike]) -> str:
     """The Markdown report of `workdirs` (module docstring)."""
     summaries, results = [], []
     for workdir in workdirs:
-        summary, rows = run_rows(workdir, run_label(workdir, workdirs))
+        summary, rows = run_rows(workdir, tables.run_label(workdir, workdirs))
         summaries.append(summary)
         results += rows
     header = list(max(results, key=len))
@@ -240,38 +167,34 @@ def build_report(workdirs: Sequence[str | epath.PathLike]) -> str:
         [
             "# Runs beside the paper",
             "",
-            markdown_table(summaries, ".2f"),
+            tables.markdown_table(summaries, ".2f"),
             "",
             "## Results (top-1 / top-5 error %)",
             "",
             "Paper: He et al. 2015, ImageNet 2012 validation (50,000 images); a run on another "
             "dataset compares in ordering, not in value.",
             "",
-            markdown_table(results, ".2f"),
+            tables.markdown_table(results, ".2f"),
             "",
         ]
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.analysis.report", description=__doc__.splitlines()[0]
     )
     parser.add_argument("runs", nargs="+", help="run directories (workdirs)")
     parser.add_argument("--out", help="also write the Markdown to this file")
     args = parser.parse_args(argv)
-    quiet_logs()
-    try:
-        text = build_report(args.runs)
-        if args.out:
-            epath.Path(args.out).write_text(text)
-    except (OSError, ValueError) as error:
-        return cli.fail(error)
+    text = build_report(args.runs)
+    if args.out:
+        epath.Path(args.out).write_text(text)
     print(text, end="")
     if args.out:
         print(f"wrote {args.out}")
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, library_level=logging.ERROR)

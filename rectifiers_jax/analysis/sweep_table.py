@@ -7,34 +7,32 @@ SWEEP_DIR/sweep_table.md, sweep_table.csv and sweep_error_vs_scale.png, and prin
 
 Outcome of a trial, first match wins:
   diverged  status.json says so;
-  stalled   the last evaluation's top-1 error is within `--chance-margin` percentage points
-            (default 5) of chance, 100 * (1 - 1/num_classes), after `--stall-epochs` epochs
+  stalled   the last evaluation's top-1 error is within `--chance_margin` percentage points
+            (default 5) of chance, 100 * (1 - 1/num_classes), after `--stall_epochs` epochs
             (default 5) or at the end of a finished run -- the paper's Xavier net30 (Fig. 3);
   done, running, preempted  status.json;
   missing   no status.json yet (never started).
 num_classes comes from the trial's config.json (`model.num_classes`, else `data.num_classes`), else
-a `num_classes` key in its metrics, else `--num-classes`; without it no trial is called stalled.
+a `num_classes` key in its metrics, else `--num_classes`; without it no trial is called stalled.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import io
 import json
-import sys
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from etils import epath
 
-from rectifiers_jax import cli
-from rectifiers_jax.analysis import runs
+from rectifiers_jax import cli, run_files
+from rectifiers_jax.analysis import tables
 
 DEFAULT_STALL_EPOCHS = 5.0
 DEFAULT_CHANCE_MARGIN = 5.0
 SCALE_KEY = "model.init_scale"
+FLOAT_FORMAT = ".4g"
 METRIC_COLUMNS = ("outcome", "epoch", "step", "top1_error", "top5_error", "train_loss")
 
 
@@ -102,10 +100,10 @@ def read_trial(
 ) -> TrialResult:
     """Final metrics and outcome of the trial in `workdir`; `num_classes` is the fallback when
     neither its config nor its metrics say."""
-    metrics = runs.read_metrics(workdir)
-    last_eval = runs.final_eval(workdir)
-    num_classes = _num_classes(runs.read_config(workdir), metrics, num_classes)
-    status = runs.read_status(workdir).get("status", "missing")
+    metrics = run_files.read_metrics(workdir)
+    last_eval = run_files.final_eval(workdir)
+    num_classes = _num_classes(run_files.read_config(workdir), metrics, num_classes)
+    status = run_files.read_status(workdir).get("status", "missing")
     losses = [r["train/loss"] for r in metrics if "train/loss" in r]
     return TrialResult(
         name=name,
@@ -141,44 +139,15 @@ def read_sweep(sweep_dir: str, **options: Any) -> tuple[dict[str, Any], list[Tri
     return summary, results
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "(" + ", ".join(_cell(v) for v in value) + ")"
-    return str(value)
-
-
-def rows(summary: dict[str, Any], results: Sequence[TrialResult]) -> list[dict[str, str]]:
+def rows(summary: dict[str, Any], results: Sequence[TrialResult]) -> list[dict[str, Any]]:
     """Table rows: trial, one column per axis (its short label), then METRIC_COLUMNS."""
     labels = summary["labels"]
-    table = []
-    for result in results:
-        row = {"trial": result.name}
-        row |= {labels[key]: _cell(result.overrides.get(key)) for key in summary["axes"]}
-        row |= {column: _cell(getattr(result, column)) for column in METRIC_COLUMNS}
-        table.append(row)
-    return table
-
-
-def to_markdown(table: list[dict[str, str]]) -> str:
-    """GitHub Markdown table."""
-    header = list(table[0]) if table else ["trial", *METRIC_COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in table]
-    return "\n".join(lines)
-
-
-def to_csv(table: list[dict[str, str]]) -> str:
-    """CSV text with a header row."""
-    out = io.StringIO()
-    header = list(table[0]) if table else ["trial", *METRIC_COLUMNS]
-    writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table)
-    return out.getvalue()
+    return [
+        {"trial": result.name}
+        | {labels[key]: result.overrides.get(key) for key in summary["axes"]}
+        | {column: getattr(result, column) for column in METRIC_COLUMNS}
+        for result in results
+    ]
 
 
 def plot_error_vs_scale(
@@ -197,7 +166,12 @@ def plot_error_vs_scale(
     others = [key for key in summary["axes"] if key != scale_key]
     lines: dict[str, list[tuple[float, float, str]]] = {}
     for result in results:
-        label = ", ".join(f"{labels[k]}={_cell(result.overrides[k])}" for k in others) or "all"
+        label = (
+            ", ".join(
+                f"{labels[k]}={tables.cell(result.overrides[k], FLOAT_FORMAT)}" for k in others
+            )
+            or "all"
+        )
         if result.outcome == "diverged":
             lines.setdefault(label, []).append((result.overrides[scale_key], 100.0, "diverged"))
         elif result.top1_error is not None:
@@ -229,43 +203,40 @@ def plot_error_vs_scale(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.analysis.sweep_table", description=__doc__.splitlines()[0]
     )
     parser.add_argument("sweep_dir", help="folder with sweep.json and one workdir per trial")
     parser.add_argument(
-        "--stall-epochs",
+        "--stall_epochs",
         type=float,
         default=DEFAULT_STALL_EPOCHS,
         help="epochs after which an error near chance counts as stalled (default %(default)s)",
     )
     parser.add_argument(
-        "--chance-margin",
+        "--chance_margin",
         type=float,
         default=DEFAULT_CHANCE_MARGIN,
         help="percentage points from chance still counted as chance (default %(default)s)",
     )
     parser.add_argument(
-        "--num-classes", type=int, help="class count for trials whose config and metrics omit it"
+        "--num_classes", type=int, help="class count for trials whose config and metrics omit it"
     )
     parser.add_argument(
-        "--scale-key", default=SCALE_KEY, help="axis on the plot's x (default %(default)s)"
+        "--scale_key", default=SCALE_KEY, help="axis on the plot's x (default %(default)s)"
     )
     args = parser.parse_args(argv)
-    try:
-        summary, results = read_sweep(
-            args.sweep_dir,
-            stall_epochs=args.stall_epochs,
-            chance_margin=args.chance_margin,
-            num_classes=args.num_classes,
-        )
-    except ValueError as error:
-        return cli.fail(error)
+    summary, results = read_sweep(
+        args.sweep_dir,
+        stall_epochs=args.stall_epochs,
+        chance_margin=args.chance_margin,
+        num_classes=args.num_classes,
+    )
     root = epath.Path(args.sweep_dir)
     table = rows(summary, results)
-    markdown = to_markdown(table)
+    markdown = tables.markdown_table(table, FLOAT_FORMAT, header=("trial", *METRIC_COLUMNS))
     (root / "sweep_table.md").write_text(markdown + "\n")
-    (root / "sweep_table.csv").write_text(to_csv(table))
+    (root / "sweep_table.csv").write_text(tables.csv_text(table, ("trial", *METRIC_COLUMNS)))
     print(markdown)
     outcomes = [result.outcome for result in results]
     print(", ".join(f"{outcomes.count(o)} {o}" for o in dict.fromkeys(outcomes)))
@@ -278,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {', '.join(written)} in {args.sweep_dir}")
     if not plotted:
         print(f"no {args.scale_key} axis in this sweep: no plot")
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, library_level=logging.ERROR)

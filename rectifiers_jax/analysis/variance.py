@@ -18,11 +18,10 @@ as in the paper's derivation. Writes OUT/variance_<model>_<activation>.csv and .
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import functools
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -196,7 +195,7 @@ def plot(result: VarianceResult, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.analysis.variance", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model", default="net30", help=f"one of {', '.join(models.NAMES)}")
@@ -209,25 +208,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--width", type=float, default=0.25, help="width multiplier (1.0: the paper's)"
     )
-    parser.add_argument("--image-size", type=int, default=96, help="square input side in pixels")
+    parser.add_argument("--image_size", type=int, default=96, help="square input side in pixels")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/variance", help="folder for the CSV and PNG")
     args = parser.parse_args(argv)
-    try:
-        result = measure(
-            args.model,
-            [name for name in args.init.split(",") if name],
-            activation=args.activation,
-            width=args.width,
-            image_size=args.image_size,
-            batch=args.batch,
-            num_classes=args.num_classes,
-            seed=args.seed,
-        )
-    except ValueError as error:
-        return cli.fail(error)
+    result = measure(
+        args.model,
+        [name for name in args.init.split(",") if name],
+        activation=args.activation,
+        width=args.width,
+        image_size=args.image_size,
+        batch=args.batch,
+        num_classes=args.num_classes,
+        seed=args.seed,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"variance_{args.model}_{args.activation}"
@@ -237,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(result, stem.with_suffix(".csv"))
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.csv and {stem}.png")
-    return 0
+    return cli.EXIT_DONE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, library_level=logging.ERROR)

@@ -1,7 +1,7 @@
 """The tf.data input pipeline: per-host, deterministic, resumable training batches and exact eval.
 
 Training (`train_iterator`) is one continuous stream over epochs on each host. Epoch e of host h
-is the host's records (`datasets.host_records`) permuted window by window: windows of
+is the host's records (`sources.host_records`) permuted window by window: windows of
 `config.data.shuffle_buffer` consecutive records for TFDS (whose prepared files are already
 shuffled once, at preparation), one window of the whole host part for folders (the keys are
 paths, so a full permutation is cheap). Each window's permutation and each example's
@@ -16,7 +16,8 @@ augmentation seed are stateless functions of (seed, host, epoch, window or index
 Evaluation (`eval_iterator`) gives each host a disjoint part of the split, pads every host to the
 same number of steps with masked dummies (`mask` False), and so counts every example once.
 
-TensorFlow only runs on the CPU here: importing `preprocessing` hides every accelerator from it.
+Both take the mean image to subtract as an argument (`mean.load_mean`, loaded once upstream).
+TensorFlow only runs on the CPU here: `sources.host_records` hides every accelerator from it.
 """
 
 from __future__ import annotations
@@ -30,23 +31,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from rectifiers_jax import datasets, preprocessing
-from rectifiers_jax.datasets import DatasetInfo
+from rectifiers_jax.data import preprocessing, sources
+from rectifiers_jax.data.records import DatasetInfo
 
 PROTOCOLS = ("center", "10view", "dense")
 # Epochs of the train stream: effectively infinite.
 _MAX_EPOCHS = 2**40
 # Salts that separate the shuffle and augmentation random streams of one host and epoch.
 _SHUFFLE_SALT, _AUGMENT_SALT = 1, 2
-
-__all__ = [
-    "DatasetInfo",
-    "PROTOCOLS",
-    "eval_iterator",
-    "get_info",
-    "steps_per_epoch",
-    "train_iterator",
-]
 
 
 def _options() -> tf.data.Options:
@@ -95,11 +87,6 @@ def _host_key(seed: int, process_index: int) -> tf.Tensor:
     return _fold(tf.constant([seed, 0], tf.int64), process_index)
 
 
-def get_info(data_config) -> DatasetInfo:
-    """Classes and split sizes of `data_config`'s dataset (see `datasets.DatasetInfo`)."""
-    return datasets.get_info(data_config)
-
-
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
     """Full global batches in one pass over the train split: num_train_examples // batch."""
     if info.num_train_examples < global_batch_size:
@@ -108,12 +95,6 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
             f"than one global batch of {global_batch_size}"
         )
     return info.num_train_examples // global_batch_size
-
-
-def _preprocess_config(data_config) -> preprocessing.PreprocessConfig:
-    return preprocessing.PreprocessConfig.from_config(
-        data_config, mean=datasets.load_mean(data_config)
-    )
 
 
 def _numpy_batches(dataset: tf.data.Dataset, description: str) -> Iterator[dict[str, np.ndarray]]:
@@ -148,6 +129,7 @@ def train_iterator(
     *,
     global_batch_size: int,
     seed: int,
+    mean: np.ndarray | None,
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -156,15 +138,15 @@ def train_iterator(
 
     Yields `{"image": float32 [B_host, S, S, 3], "label": int32 [B_host]}` with
     B_host = global_batch_size / process_count and S = config.data.image_size; images are in
-    0..255 units minus the configured mean (`preprocessing.train_image`). Bit-identical for
-    the same seed, host count and start_step (see the module docstring).
+    0..255 units minus `mean` (`mean.load_mean(config.data)`; `preprocessing.train_image`).
+    Bit-identical for the same seed, host count and start_step (see the module docstring).
     """
     process_index, process_count = _process(process_index, process_count)
     batch_size = _host_batch_size(global_batch_size, process_count, "train.global_batch_size")
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
     options = _options()
-    records = datasets.host_records(
+    records = sources.host_records(
         data_config,
         data_config.train_split,
         process_index=process_index,
@@ -186,7 +168,7 @@ def train_iterator(
                 f"config.data.shuffle_buffer={data_config.shuffle_buffer} must be >= 1"
             )
         window = min(int(data_config.shuffle_buffer), num_examples)
-    cfg = _preprocess_config(data_config)
+    cfg = preprocessing.PreprocessConfig.from_config(data_config, mean)
     start_epoch, start_offset = divmod(start_step * batch_size, num_examples)
     host_key = _host_key(seed, process_index)
     shuffle_key, augment_key = _fold(host_key, _SHUFFLE_SALT), _fold(host_key, _AUGMENT_SALT)
@@ -260,6 +242,7 @@ def eval_iterator(
     data_config,
     *,
     global_batch_size: int,
+    mean: np.ndarray | None,
     split: str | None = None,
     protocol: str = "center",
     resize: int | None = None,
@@ -271,8 +254,9 @@ def eval_iterator(
     Batches are `{"image", "label": int32 [B], "mask": bool [B]}`; `image` is float32
     [B, S, S, 3] ("center"), [B, 10, S, S, 3] ("10view": corners, centre and their flips) or
     [1, H', W', 3] ("dense": the whole image with shorter side `resize`, one per host per step).
-    `resize` overrides config.data.eval_resize. Every host runs the same number of steps; padding
-    examples have mask False, so the masked examples over all hosts are the split, once each.
+    `resize` overrides config.data.eval_resize; `mean` is subtracted (`mean.load_mean`). Every
+    host runs the same number of steps; padding examples have mask False, so the masked
+    examples over all hosts are the split, once each.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"eval protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -282,21 +266,22 @@ def eval_iterator(
         batch_size = 1  # Whole images differ in size: one per host per step.
     else:
         batch_size = _host_batch_size(global_batch_size, process_count, "eval global_batch_size")
-    total = datasets.split_size(data_config, split)
+    total = sources.split_size(data_config, split)
     if total == 0:
         source = data_config.folder if data_config.source == "folder" else data_config.name
         raise ValueError(f"split {split!r} of {source!r} is empty: nothing to evaluate")
     # The largest host part (even splits: the first hosts hold one more) sets the step count.
     num_steps = math.ceil(math.ceil(total / process_count) / batch_size)
     options = _options()
-    records = datasets.host_records(
+    records = sources.host_records(
         data_config,
         split,
         process_index=process_index,
         process_count=process_count,
         options=options,
     )
-    view, dummy_shape = _eval_view_fn(_preprocess_config(data_config), protocol, resize)
+    cfg = preprocessing.PreprocessConfig.from_config(data_config, mean)
+    view, dummy_shape = _eval_view_fn(cfg, protocol, resize)
 
     def preprocess(key: tf.Tensor, label: tf.Tensor):
         return {"image": view(records.load(key)), "label": tf.cast(label, tf.int32), "mask": True}

@@ -31,33 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-
-_log = logging.getLogger(__name__)
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-    """TensorFlow is only the input pipeline: it must never take the GPU or TPU JAX uses.
-
-    Runs when this module is imported, which every TensorFlow user here (datasets,
-    input_pipeline) does before its first TF op.
-    """
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except ValueError:
-            pass  # TensorFlow knows no such device type on this machine: nothing to hide.
-        except RuntimeError as e:  # Raised when TF's devices were already initialised.
-            _log.warning("Could not hide %ss from TensorFlow (already initialised): %s", kind, e)
-
-
-_hide_accelerators_from_tensorflow()
 
 TRAIN_RECIPES = ("resize", "scale_jitter")
 
@@ -156,7 +135,7 @@ class PreprocessConfig:
         """From `config.data` (fields with the same names); `mean` is the array to subtract.
 
         `config.data.mean` (the kind of mean: "per_pixel", "per_channel", "none") is resolved to
-        an array by the caller (rectifiers_jax.datasets); here only the array counts.
+        an array by the caller (`data.mean.load_mean`); here only the array counts.
         """
         fields = (
             "image_size",
