@@ -167,6 +167,7 @@ def test_slopes_table_matches_numpy(tmp_path, capsys, activation):
     assert f"all slopes in (0, 1): no: {outside}" in out
 
 
+@pytest.mark.slow
 def test_slopes_of_a_real_run_and_step_option(tiny_run, capsys):
     assert slopes.main([str(tiny_run), "--step", "4"]) == 0
     out = capsys.readouterr().out
@@ -218,6 +219,7 @@ def test_ever_positive_ignores_padding():
     )
 
 
+@pytest.mark.slow
 def test_dead_units_match_numpy_count(tmp_path, tiny_run, capsys):
     config = tiny_config(checkpoints.load_config(tiny_run).data.data_dir)
     params = checkpoints.load_params(tiny_run)
@@ -356,6 +358,7 @@ def test_curves_bad_input(tmp_path, capsys):
 # report
 
 
+@pytest.mark.slow
 def test_report_beside_the_papers_rows(tmp_path, tiny_run, capsys):
     done = {"status": "done", "step": 40, "message": ""}
     prelu = fabricate_run(

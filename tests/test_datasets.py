@@ -259,6 +259,7 @@ def test_even_range_matches_tfds_even_splits(digits_dir, count):
 # ----------------------------------------------------------------------------- mean
 
 
+@pytest.mark.slow
 def test_mean_written_beside_dataset_and_loaded(digits_dir):
     # Sizes no other test uses, so this test's mean file cannot leak into them.
     config = data_config(

@@ -168,6 +168,7 @@ def evaluate_cli(run: pathlib.Path, *args: str) -> dict:
     return json.loads((run / f"eval_{protocol}.json").read_text())
 
 
+@pytest.mark.slow
 def test_center_two_scales_match_direct_computation(digits_run):
     split = "validation[:100]"  # 100: not a multiple of the batch of 16.
     result = evaluate_cli(
@@ -194,6 +195,7 @@ def test_center_two_scales_match_direct_computation(digits_run):
     assert set(saved["per_scale"]) == {"88", "96"}
 
 
+@pytest.mark.slow
 def test_ten_views_match_numpy_average(photo_run):
     # Defaults from the run: the split (validation, 5 photos: a batch of 8 pads 3).
     result = evaluate_cli(photo_run, "--protocol=10view", "--scales=96", "--batch-size=8")
@@ -217,6 +219,7 @@ def test_ten_views_match_numpy_average(photo_run):
     assert (saved["scales"], saved["split"], saved["num_examples"]) == ([96], "validation", 5)
 
 
+@pytest.mark.slow
 def test_dense_matches_every_window_of_the_bare_image(photo_run):
     result = evaluate_cli(photo_run, "--protocol=dense", "--scales=80")
     config, model, variables, cfg = load(photo_run)

@@ -55,6 +55,7 @@ def split_keys(config, split: str, process_index: int = 0, process_count: int = 
     )
 
 
+@pytest.mark.slow
 def test_train_batch_shapes_and_dtypes(digits_dir):
     # The mean falls back to the per-channel mean of (here all 200) training images.
     config = augment_config(digits_dir, mean="per_channel", train_split="train[:200]")
@@ -76,6 +77,7 @@ def test_train_batch_shapes_and_dtypes(digits_dir):
     assert -256 < batch["image"].min() < 0 < batch["image"].max() < 256  # 0..255 minus a mean.
 
 
+@pytest.mark.slow
 def test_same_seed_same_batches_other_seed_different(digits_dir):
     config = augment_config(digits_dir, train_split="train[:40]", shuffle_buffer=16)
     run = lambda seed: take(
@@ -93,6 +95,7 @@ def test_same_seed_same_batches_other_seed_different(digits_dir):
     )
 
 
+@pytest.mark.slow
 def test_resume_at_step_k_is_bit_identical(digits_dir):
     # Host 1 of 2 holds 25 of 50 examples; host batch 8, so epochs end mid-batch. Step 2 resumes
     # inside epoch 0 (example 16), step 7 inside epoch 2 (example 56 = 2 * 25 + 6). Windows of
@@ -112,6 +115,7 @@ def test_resume_at_step_k_is_bit_identical(digits_dir):
             np.testing.assert_array_equal(batch["label"], straight[step]["label"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process_count", [1, 2, 3])
 def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_count):
     config = identity_config(digits_dir, train_split="train[:101]", shuffle_buffer=32)
@@ -141,6 +145,7 @@ def test_per_host_parts_are_disjoint_and_cover_the_split(digits_dir, process_cou
     assert union == whole and sum(union.values()) == 101
 
 
+@pytest.mark.slow
 def test_folder_train_batches(photo_folder):
     config = data_config(
         source="folder",
@@ -170,6 +175,7 @@ def test_folder_train_batches(photo_folder):
     assert labels == {0: 6, 1: 4, 2: 6}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("process_count", "global_batch_size"), [(1, 16), (3, 24)])
 def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_size):
     config = identity_config(digits_dir)
@@ -198,6 +204,7 @@ def test_eval_counts_every_example_once(digits_dir, process_count, global_batch_
     assert got == expected and sum(got.values()) == 100
 
 
+@pytest.mark.slow
 def test_eval_protocols_on_photos(tiny_photos_dir):
     config = data_config(
         name="tiny_photos", data_dir=tiny_photos_dir, image_size=32, eval_resize=40, mean="none"

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from rectifiers_jax import checkpoints
 from rectifiers_jax.data import digits
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # trains real runs in subprocesses
 
 
 def free_port() -> int:

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "inspect_run.ipynb"
+
+pytestmark = pytest.mark.slow  # runs a notebook kernel on a trained run
 
 
 def test_inspect_run_notebook_executes(tiny_run, monkeypatch):

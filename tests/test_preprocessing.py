@@ -225,6 +225,7 @@ def test_train_image_deterministic(images):
         assert not np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_flip_about_half_the_time(images):
     on, off = _cfg(random_flip=True), _cfg(random_flip=False)
     x = tf.constant(images["jpeg"])

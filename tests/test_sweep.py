@@ -271,6 +271,7 @@ def test_bad_axes_fail_before_any_run(tmp_path, capsys, axes, message):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     config = write_sweep_config(tmp_path)
     no_axes = tmp_path / "no_axes.py"

@@ -26,6 +26,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_and_compiles_once():
     model = models.build(
         "net14", activation="prelu", width=0.0625, num_classes=10, fc_std=(0.01, 0.01, 0.001)
@@ -73,6 +74,7 @@ def test_sharded_step_equals_single_device_and_compiles_once():
     assert not np.allclose(initial["conv1"]["kernel"], params_8["conv1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     straight = tmp_path / "straight"
     result = train.train_and_evaluate(tiny_config(digits_dir), str(straight))
@@ -123,6 +125,7 @@ def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     assert json.loads((straight / "status.json").read_text())["status"] == "done"
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_diverged_and_keeps_last_finite_checkpoint(digits_dir, tmp_path):
     # He-initialised fc layers on [-128, 128] pixels start with huge logits and blow up at lr 0.01
     # (the reason the paper gives the large models fixed small fc stds).
@@ -150,6 +153,7 @@ def test_global_batch_that_does_not_divide_by_devices_is_refused(digits_dir, tmp
         train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_default_config_end_to_end_through_the_cli(digits_dir, tmp_path):
     """The README's main job, shortened: the real entry point, flags and overrides."""
     workdir = tmp_path / "run"
@@ -186,6 +190,7 @@ def test_default_config_end_to_end_through_the_cli(digits_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_restore_mismatch_names_step_and_path(digits_dir, tmp_path):
     train.train_and_evaluate(tiny_config(digits_dir, **{"train.num_steps": 4}), str(tmp_path))
     wider = tiny_config(digits_dir, **{"train.num_steps": 8})
@@ -196,6 +201,7 @@ def test_restore_mismatch_names_step_and_path(digits_dir, tmp_path):
     assert checkpoints.load_config(tmp_path).model.width == 0.0625
 
 
+@pytest.mark.slow
 def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(digits_dir, tmp_path):
     config = tiny_config(digits_dir)
     config.optim.schedule = "plateau"

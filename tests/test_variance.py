@@ -23,6 +23,7 @@ def net30() -> variance.VarianceResult:
     )
 
 
+@pytest.mark.slow
 def test_layers_are_the_activated_ones(net30):
     assert net30.layers[0] == "conv1" and net30.layers[-3:] == ["conv3_22", "fc1", "fc2"]
     assert len(net30.layers) == 29
@@ -30,6 +31,7 @@ def test_layers_are_the_activated_ones(net30):
         assert stds.shape == (29,) and np.all(stds > 0)
 
 
+@pytest.mark.slow
 def test_first_layer_response_matches_eq_10(net30):
     # Var[y_1] = n_1 Var[w_1] E[x^2] with unit Gaussian pixels: 2 for He, 1 for Xavier.
     assert net30.response_std["he_fan_in"][0] == pytest.approx(math.sqrt(2), rel=0.05)
@@ -45,6 +47,7 @@ def test_top_gradient_matches_eq_13_one_step(net30):
         assert net30.gradient_std[init][-1] == pytest.approx(expected, rel=0.1), init
 
 
+@pytest.mark.slow
 def test_he_keeps_the_response_std_through_30_layers(net30):
     he = net30.response_std["he_fan_in"]
     last_conv = net30.layers.index("conv3_22")
