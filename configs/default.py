@@ -100,6 +100,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
     config.train.keep_every_epoch = False
     config.train.eval_batch_size = 256
+    # Resume from this checkpoint step instead of the latest (0: the latest); newer checkpoints
+    # are moved to WORKDIR/checkpoints_set_aside/, not deleted.
+    config.train.restore_step = 0
+    # Comma-separated config fields a resumed run may change (e.g. "optim.learning_rate");
+    # where data and outputs live, logging, evaluation, saving and run length may always change.
+    config.train.allow_config_change = ""
 
     # The paper's test protocol for this family (`python -m rectifiers_jax.evaluate` defaults):
     # "center", "10view" or "dense", at these shorter-side scales.

@@ -16,8 +16,9 @@ A sweep config is a Python file whose `get_sweep()` returns a ConfigDict with
 
 Every trial's workdir gets `trial.json` (its overrides and exact command) and `SWEEP_DIR/sweep.json`
 lists all trials. Running the same sweep again picks up where it stopped: trials whose
-status.json says done or diverged are skipped, the rest (re)run and the main job resumes from its
-own checkpoints. Remote backends also skip trials that say running, since they may be live.
+status.json says done or diverged are skipped, and so are live ones (running, with a process
+holding the workdir's lock or, for gs:// workdirs, a fresh status); the rest (re)run, dead ones
+included, and the main job resumes from its own checkpoints.
 Commands are run from the repository root; relative paths are relative to it.
 """
 
@@ -211,17 +212,18 @@ def expand(sweep: Sweep) -> list[Trial]:
 
 
 def trial_status(trial: Trial) -> str:
-    """The trial's status.json status, or "missing" before its first run."""
+    """The trial's status (`run_files.run_state`: "dead" for a "running" run that no live
+    process backs), or "missing" before its first run."""
     try:
-        return run_files.read_status(trial.workdir).get("status", "missing")
+        return run_files.run_state(trial.workdir).get("status", "missing")
     except Exception as error:  # gfile raises its own error types for gs:// paths
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"cannot read {trial.workdir}/status.json: {first_line}") from None
 
 
-def should_run(status: str, remote: bool) -> bool:
-    """Whether a trial with this status (re)runs: all but finished ones; remote live ones wait."""
-    return status not in FINISHED and not (remote and status == "running")
+def should_run(status: str) -> bool:
+    """Whether a trial with this status (re)runs: all but finished and live ones."""
+    return status not in FINISHED and status != "running"
 
 
 def _script_options(options: Mapping[str, Any]) -> list[str]:
@@ -236,18 +238,31 @@ def _script_options(options: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def submission_command(sweep: Sweep, trial: Trial, backend: str, tpu_name: str = "") -> list[str]:
-    """The launch-script command that submits one trial ("tpu": its own VM `NAME-<index>`)."""
+def submission_command(
+    sweep: Sweep, trial: Trial, backend: str, tpu_name: str = "", reuse: bool = False
+) -> list[str]:
+    """The launch-script command of one trial: "tpu" runs it to the end on the one slice NAME
+    (created by the first trial, reused by the next), "slurm" submits it as a job."""
     if backend == "tpu":
         script = "tpu_pod.sh"
-        # each trial gets its own slice; --detach returns once the job started on the workers
-        options = {"name": f"{tpu_name}-{trial.index:03d}", **sweep.tpu, "detach": True}
+        options = {"name": tpu_name, **sweep.tpu, "reuse": reuse}
     elif backend == "slurm":
         script, options = "gpu_slurm.sh", {"job_name": trial.name, **sweep.slurm}
     else:
         raise ValueError(f"unknown backend {backend!r}; valid: tpu, slurm")
     options |= {"workdir": trial.workdir, "config": sweep.base_config}
     return ["bash", str(LAUNCH_DIR / script), *_script_options(options), "--", *trial.config_args]
+
+
+def tpu_teardown_command(sweep: Sweep, tpu_name: str) -> list[str]:
+    """Deletes the sweep's slice (its queued resource, when it was requested as one)."""
+    zone = f"--zone={sweep.tpu.get('zone', '')}"
+    if sweep.tpu.get("queued"):
+        return [
+            "gcloud", "compute", "tpus", "queued-resources", "delete", tpu_name, zone, "--force",
+            "--quiet",
+        ]  # fmt: skip
+    return ["gcloud", "compute", "tpus", "tpu-vm", "delete", tpu_name, zone, "--quiet"]
 
 
 def trial_record(sweep: Sweep, trial: Trial) -> dict[str, Any]:
@@ -309,48 +324,62 @@ def run_sweep(
     dry_run: bool = False,
     runner: Runner = _subprocess_runner,
 ) -> int:
-    """Runs (local) or submits (tpu, slurm) every trial that is not finished; 0 if all went well.
+    """Runs (local, tpu) or submits (slurm) every trial that is not finished; 0 if all went well.
 
-    Trials run one after another; each exit status is recorded in its trial.json. A trial that
-    exits non-zero without a finished status.json counts as failed, one that exits 0 unfinished
-    (e.g. preempted) as unfinished; the sweep goes on and lists both at the end.
+    Trials run one after another, "tpu" ones on one slice that the first creates and that is
+    deleted at the end whatever happened; each exit status is recorded in its trial.json. A
+    trial that exits non-zero without a finished status.json counts as failed, one that exits 0
+    unfinished (e.g. preempted) as unfinished; the sweep goes on and lists both at the end.
+    A dry run reads no status from a bucket (it needs no cloud access): it lists every trial.
     """
     trials = expand(sweep)
-    remote = backend != "local"
-    plan = [(trial, trial_status(trial)) for trial in trials]
-    pending = [trial for trial, status in plan if should_run(status, remote)]
+    submitted = backend == "slurm"
+    if dry_run and "://" in sweep.sweep_dir:
+        print("# dry run: statuses on the bucket are not read; every trial is listed")
+        plan = [(trial, "missing") for trial in trials]
+    else:
+        plan = [(trial, trial_status(trial)) for trial in trials]
+    pending = [trial for trial, status in plan if should_run(status)]
     print(f"# {sweep.source}: {len(trials)} trials in {sweep.sweep_dir}, {len(pending)} to run")
     for trial, status in plan:
-        if not should_run(status, remote):
+        if not should_run(status):
             print(f"# skip {trial.name} ({status})")
     if not dry_run:
         write_records(sweep, trials)
     failed, unfinished = [], []
-    for number, trial in enumerate(pending, start=1):
-        if remote:
-            command = submission_command(sweep, trial, backend, tpu_name)
-        elif dry_run:
-            command = trial.command
-        else:
-            # the interpreter running the sweep, so the trials see the same environment
-            command = [sys.executable, *trial.command[1:]]
-        if dry_run:
-            print(shlex.join(command))
-            continue
-        print(f"# [{number}/{len(pending)}] {trial.name}: {shlex.join(command)}", flush=True)
-        exit_code = runner(command)
-        _record_attempt(trial, command, exit_code)
-        # The main job exits non-zero for a diverged run too: its status.json is the outcome.
-        status = "submitted" if remote else trial_status(trial)
-        if status in FINISHED:
-            continue
-        if exit_code != 0:
-            failed.append(f"{trial.name} (exit {exit_code}, status {status})")
-        elif not remote:
-            unfinished.append(f"{trial.name} ({status})")
+    try:
+        for number, trial in enumerate(pending, start=1):
+            if backend != "local":
+                reuse = backend == "tpu" and number > 1
+                command = submission_command(sweep, trial, backend, tpu_name, reuse)
+            elif dry_run:
+                command = trial.command
+            else:
+                # the interpreter running the sweep, so the trials see the same environment
+                command = [sys.executable, *trial.command[1:]]
+            if dry_run:
+                print(shlex.join(command))
+                continue
+            print(f"# [{number}/{len(pending)}] {trial.name}: {shlex.join(command)}", flush=True)
+            exit_code = runner(command)
+            _record_attempt(trial, command, exit_code)
+            # The main job exits non-zero for a diverged run too: its status.json is the outcome.
+            status = "submitted" if submitted else trial_status(trial)
+            if status in FINISHED:
+                continue
+            if exit_code != 0:
+                failed.append(f"{trial.name} (exit {exit_code}, status {status})")
+            elif not submitted:
+                unfinished.append(f"{trial.name} ({status})")
+    finally:
+        if backend == "tpu" and pending:
+            teardown = tpu_teardown_command(sweep, tpu_name)
+            print(f"# delete the slice: {shlex.join(teardown)}", flush=True)
+            if not dry_run:
+                runner(teardown)
     if dry_run:
         return 0
-    verb = "submitted" if remote else "ran"
+    verb = "submitted" if submitted else "ran"
     print(f"# {verb} {len(pending)}: {len(failed)} failed, {len(unfinished)} unfinished")
     for line in failed:
         print(f"# failed: {line}")
@@ -372,7 +401,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner = _subprocess_runner)
         "--local", action="store_true", help="run the trials here, one after another"
     )
     backend.add_argument(
-        "--tpu", metavar="NAME", help="submit each trial to its own TPU VM NAME-<index>"
+        "--tpu",
+        metavar="NAME",
+        help="run the trials one after another on one TPU slice NAME, deleted at the end",
     )
     backend.add_argument("--slurm", action="store_true", help="submit each trial as a Slurm job")
     parser.add_argument(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM or pod slice: create it (directly or as a queued resource), copy the
-# committed code to every worker, install it with the pinned versions, and start the main job on
-# all workers at once. jax.distributed finds the other workers by itself on TPU pods, so the job
-# takes no coordinator flags; data and workdir live on a bucket every worker can read.
+# Train on a Cloud TPU VM or pod slice: check the config against the slice's chips and hosts,
+# create the slice (directly or as a queued resource), copy the committed code to every worker,
+# install it with the pinned versions, and start the main job on all workers at once. On a TPU VM
+# the job always starts jax.distributed, which finds the other workers from the TPU metadata, so
+# it takes no coordinator flags; data and workdir live on a bucket every worker can read.
 set -euo pipefail
 
 usage() {
@@ -22,7 +23,7 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --workdir gs
   --data-dir DIR      TFDS data dir on a bucket, passed as --config.data.data_dir
   --reuse             the VM exists already: skip creating it (still copies and installs)
   --detach            start the job in the background on every worker and return
-  --dry-run           print every command (and the job script) and run nothing
+  --dry-run           check the config, print every command (and the job script), run nothing
   after --             overrides passed to `python -m rectifiers_jax.main`
 
 Example:
@@ -31,7 +32,28 @@ Example:
     --data-dir gs://my-bucket/tfds -- --config.train.num_epochs=80
 When done: gcloud compute tpus tpu-vm delete NAME --zone=ZONE
        (or gcloud compute tpus queued-resources delete NAME --zone=ZONE --force)
+The config is checked first (python -m rectifiers_jax.preflight, with $PYTHON, default python3).
 EOF
+}
+
+# JAX devices and hosts of an accelerator type: v2/v3 count TensorCores (one JAX device each,
+# 8 per host); v4/v5p count TensorCores too but JAX sees one device per chip (2 cores), 4 chips
+# per host; v5e (v5litepod) and v6e count chips, one host up to 8 chips, else 4 chips per host.
+tpu_topology() {
+  local type=$1 version count devices hosts
+  version=${type%-*}
+  count=${type##*-}
+  [[ "$count" =~ ^[1-9][0-9]*$ ]] || die "--accelerator $type: expected TYPE-COUNT, e.g. v4-32"
+  case "$version" in
+    v2|v3) devices=$count; hosts=$(( (count + 7) / 8 )) ;;
+    v4|v5p) devices=$(( count / 2 )); hosts=$(( (devices + 3) / 4 )) ;;
+    v5litepod|v5e|v6e)
+      devices=$count
+      if (( count <= 8 )); then hosts=1; else hosts=$(( count / 4 )); fi ;;
+    *) die "--accelerator $type: unknown TPU version $version (v2, v3, v4, v5p, v5litepod, v6e)" ;;
+  esac
+  (( devices >= 1 )) || die "--accelerator $type: less than one chip"
+  echo "$devices $hosts"
 }
 
 SCRIPT=tpu_pod.sh
@@ -70,6 +92,12 @@ done
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ -f "$REPO/${CONFIG%%:*}" ]] || die "no config file ${CONFIG%%:*} in $REPO"
+TOPOLOGY=$(tpu_topology "$ACCELERATOR")
+read -r DEVICES HOSTS <<< "$TOPOLOGY"
+echo "# $ACCELERATOR: $DEVICES JAX devices on $HOSTS hosts"
+# The config must fit this slice before anything is created (the batch divides, ...).
+(cd "$REPO" && "${PYTHON:-python3}" -m rectifiers_jax.preflight --config="$CONFIG" \
+  --devices="$DEVICES" --processes="$HOSTS" "${OVERRIDES[@]}") >&2 || exit 2
 STAGE="${TMPDIR:-/tmp}/tpu_pod-$NAME"
 ARCHIVE="$STAGE/rectifiers_jax.tar.gz"
 JOB="$STAGE/rectifiers_jax_job.sh"
@@ -86,7 +114,7 @@ exec .venv/bin/python -m rectifiers_jax.main $(quote "${ARGS[@]}")"
 # The project needs Python >= 3.11; the Ubuntu 22.04 TPU images ship 3.10.
 INSTALL="set -e; sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv; \
 rm -rf ~/rectifiers_jax && mkdir -p ~/rectifiers_jax && tar -xzf ~/rectifiers_jax.tar.gz -C ~/rectifiers_jax; \
-cd ~/rectifiers_jax && python3.11 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e . \"jax[tpu]\""
+cd ~/rectifiers_jax && python3.11 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e \".[tpu]\""
 if (( DETACH )); then
   START="setsid nohup bash ~/rectifiers_jax_job.sh > ~/rectifiers_jax_job.log 2>&1 < /dev/null &"
 else

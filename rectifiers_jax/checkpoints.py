@@ -7,7 +7,7 @@ Layout (`docs/CONTRACTS.md`): `WORKDIR/checkpoints/<step>/` holds two orbax item
 
 Training (every process calls every method; orbax synchronises the hosts itself):
 
-    ckpt = Checkpointer(workdir, save_every_steps=1000, keep=3, keep_period=steps_per_epoch)
+    ckpt = Checkpointer(workdir, save_every_steps=1000, keep=3, keep_steps=epoch_end_steps)
     if (step := ckpt.latest_step()) is not None:
         state, metadata = ckpt.restore(step, abstract_state)  # ShapeDtypeStructs with shardings
     ...
@@ -26,25 +26,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from rectifiers_jax import models, run_files
 from rectifiers_jax.run_files import load_config
 
 STATE_ITEM = "state"
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 METADATA_ITEM = "metadata"
 
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be restored (corrupt files, or a different state tree)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (disk full, directory unwritable, ...): the run must stop."""
 
 
 def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
@@ -66,10 +74,11 @@ class Checkpointer:
 
     A checkpoint is written when `step` is a multiple of `save_every_steps`, when all hosts have
     reached JAX's preemption sync point (multi-host runs with the preemption service), or on
-    `force=True`. Kept: the last `keep` checkpoints, plus every checkpoint whose step is a
-    multiple of `keep_period` (e.g. steps per epoch) when given. With `async_save` the arrays
-    are copied to host memory before `save` returns (the caller may donate them right after)
-    and written in a background thread.
+    `force=True`. Kept: the last `keep` checkpoints, plus every checkpoint at one of
+    `keep_steps` (e.g. the epoch ends). With `async_save` the arrays are copied to host memory
+    before `save` returns (the caller may donate them right after) and written in a background
+    thread; a failed write raises `CheckpointSaveError` from the next `save` or from
+    `wait_until_finished`.
     """
 
     def __init__(
@@ -78,15 +87,13 @@ class Checkpointer:
         *,
         save_every_steps: int,
         keep: int,
-        keep_period: int | None = None,
+        keep_steps: Collection[int] = (),
         async_save: bool = True,
     ):
         if save_every_steps < 1:
             raise ValueError(f"save_every_steps must be >= 1, got {save_every_steps}")
         if keep < 1:
             raise ValueError(f"keep (checkpoints to keep) must be >= 1, got {keep}")
-        if keep_period is not None and keep_period < 1:
-            raise ValueError(f"keep_period must be None or >= 1, got {keep_period}")
         self.directory = checkpoint_dir(workdir)
         # Policies instead of the deprecated save_interval_steps/max_to_keep/keep_period
         # options; orbax's default policy would also add InitialSavePolicy, which saves at
@@ -96,8 +103,8 @@ class Checkpointer:
             checkpoint_managers.PreemptionCheckpointingPolicy(),
         ]
         keep_policies = [checkpoint_managers.LatestN(keep)]
-        if keep_period is not None:
-            keep_policies.append(checkpoint_managers.EveryNSteps(keep_period))
+        if keep_steps:
+            keep_policies.append(checkpoint_managers.CustomSteps(sorted(keep_steps)))
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=checkpoint_managers.AnySavePolicy(save_policies),
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(keep_policies),
@@ -149,7 +156,18 @@ class Checkpointer:
                 METADATA_ITEM: ocp.args.JsonSave(dict(metadata)),
             }
         )
-        return self._manager.save(step, args=args, force=force)
+        try:
+            return self._manager.save(step, args=args, force=force)
+        except Exception as error:  # an earlier asynchronous write may fail here too
+            raise self._save_error(error) from error
+
+    def _save_error(self, error: BaseException) -> CheckpointSaveError:
+        """One line naming the checkpoint directory and the OS error behind a failed write."""
+        if isinstance(error, OSError) and error.strerror:
+            reason = f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+        else:
+            reason = str(error).strip().splitlines()[-1].rsplit(": ", 1)[-1]
+        return CheckpointSaveError(f"writing a checkpoint to {self.directory} failed: {reason}")
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """(state, metadata) of checkpoint `step`, placed with `abstract_state`'s shardings.
@@ -171,6 +189,7 @@ class Checkpointer:
                 METADATA_ITEM: ocp.args.JsonRestore(),
             }
         )
+        _check_complete(path, step)
         try:
             stored = self._manager.item_metadata(step)[STATE_ITEM]
             mismatch = _tree_mismatch(abstract_state, stored.tree if stored is not None else None)
@@ -191,17 +210,33 @@ class Checkpointer:
 
     def wait_until_finished(self) -> None:
         """Blocks until any asynchronous save has been written (and old steps deleted)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_error(error) from error
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's threads."""
-        self._manager.close()
+        """Waits for pending saves and releases orbax's threads (a failed save was reported by
+        `save` or `wait_until_finished` already, so it is only logged here)."""
+        try:
+            self._manager.close()
+        except Exception as error:  # noqa: BLE001  (reported where it happened)
+            logging.warning("closing the checkpoint manager: %s", self._save_error(error))
 
     def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _check_complete(path: epath.Path, step: int) -> None:
+    """A step whose save never finished lacks orbax's step metadata (written last)."""
+    if not (path / STEP_METADATA_FILE).exists():
+        raise CheckpointError(
+            f"cannot restore checkpoint step {step} from {path}: no {STEP_METADATA_FILE} "
+            "(its save did not finish, or files were removed)"
+        )
 
 
 def _handler_registry(*, standard: bool) -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -265,6 +300,29 @@ def _tree_mismatch(abstract_state: Any, stored_tree: Any) -> str | None:
 # Notebook API: read a run directory without knowing how it was trained.
 
 
+def set_aside_newer(workdir: str | epath.PathLike, step: int) -> list[int]:
+    """Moves the checkpoints after `step` to `WORKDIR/checkpoints_set_aside/<step>/` (nothing is
+    deleted), so a run resumed from `step` neither counts them for retention nor finds their
+    steps taken. Returns the steps moved. Process 0 only; the others wait for it."""
+    directory = checkpoint_dir(workdir)
+    moved = []
+    if jax.process_index() == 0 and directory.exists():
+        aside = epath.Path(workdir).absolute() / run_files.SET_ASIDE_DIR
+        for entry in sorted(directory.iterdir()):
+            if entry.name.isdigit() and int(entry.name) > step:
+                aside.mkdir(parents=True, exist_ok=True)
+                target = aside / entry.name
+                if target.exists():
+                    target = aside / f"{entry.name}.{int(time.time())}"
+                entry.rename(target)
+                moved.append(int(entry.name))
+        if moved:
+            logging.warning("resuming from step %d: moved checkpoints %s to %s", step, moved, aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("set_aside_newer")
+    return moved
+
+
 def _no_checkpoints(workdir: str | epath.PathLike) -> FileNotFoundError:
     status = run_files.read_status(workdir)
     state = f"{status['status']} at step {status['step']}" if status else "not started"
@@ -314,6 +372,7 @@ def load_params(workdir: str | epath.PathLike, step: int | None = None) -> dict[
     try:
         step = _resolve_step(manager, directory, step)
         path = directory / str(step)
+        _check_complete(path, step)
         try:
             stored = manager.item_metadata(step)[STATE_ITEM]
             if stored is None:

@@ -12,15 +12,19 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+# Exit codes of the tools (the training command uses all of them).
 EXIT_DONE = 0
-EXIT_FAILURE = 1
+EXIT_FAILURE = 1  # an error that is not the user's input, e.g. a checkpoint that cannot be written
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
-# EX_TEMPFAIL (sysexits.h): temporary failure, run it again (schedulers requeue on it).
+# EX_TEMPFAIL (sysexits.h): stopped by SIGTERM or Ctrl-C after saving; run it again to resume.
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, without saving (128 + SIGINT)
 # What a tool's user can fix: a wrong value, a missing or unreadable file or directory.
 BAD_INPUT = (ValueError, OSError)
 
@@ -78,6 +82,18 @@ def setup_logging(library_level: int = logging.WARNING) -> None:
     logging.getLogger("absl").addFilter(_QuietLibraries(library_level))
 
 
+def exit_within(seconds: float, code: int) -> None:
+    """Guarantees the process ends within `seconds` with `code`, even if a library's non-daemon
+    threads (orbax's, after a failed write) would keep it alive at interpreter shutdown."""
+
+    def end() -> None:
+        time.sleep(seconds)
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=end, daemon=True, name="exit_within").start()
+
+
 def fail(error: BaseException | str) -> int:
     """Print `error: <first line>` to stderr; returns `EXIT_BAD_INPUT`."""
     lines = str(error).strip().splitlines()
@@ -100,15 +116,63 @@ def run(
     sys.exit(code or EXIT_DONE)
 
 
+def flag_error_line(error: BaseException) -> str:
+    """One line for a flag that absl or ml_collections could not parse or apply.
+
+    absl's own one-line messages name the flag and are kept. Otherwise the cause chain is
+    searched: a mistyped `--config.x.y` field carries ml_collections' "did you mean"
+    suggestion, a config file's own ValueError sits innermost, and a syntax error in a config
+    file is reported with its file and line.
+    """
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    syntax = [e for e in chain if isinstance(e, SyntaxError) and str(e.filename).endswith(".py")]
+    if syntax:
+        return f"{syntax[0].filename} line {syntax[0].lineno}: {syntax[0].msg}"
+    suggestion = [e for e in chain if "did you mean" in str(e).lower()]
+    plain = [e for e in chain if str(e).strip() and "Traceback" not in str(e)]
+    if len(str(error).strip().splitlines()) == 1:
+        chosen = error
+    else:
+        chosen = suggestion[0] if suggestion else (plain[-1] if plain else error)
+    message = chosen
+    while isinstance(message, AttributeError | KeyError) and message.args:
+        message = message.args[0]  # str() of these quotes their message (and a nested one)
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    if isinstance(chosen, AttributeError | KeyError):  # a mistyped --config.x.y field
+        text = f"unknown config field {text}"
+    return text or type(chosen).__name__
+
+
+def _check_config_file(argv: Sequence[str]) -> None:
+    """A `--config=PATH[:ARG]` file that does not exist or does not compile, as one line."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg.removeprefix("--config=").partition(":")[0]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--config: no config file {path!r}")
+            with open(path) as source:
+                compile(source.read(), path, "exec")
+
+
 def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
-    """`absl.app.run(main)` for the tools with `--config` files; bad input is one line."""
-    from absl import app
+    """`absl.app.run(main)` for the tools with `--config` files: a flag that cannot be parsed,
+    like any other bad input, ends with one `error: ...` line and `EXIT_BAD_INPUT`."""
+    from absl import app, flags
     from absl import logging as absl_logging
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            _check_config_file(argv)
+            return flags.FLAGS(argv)
+        except (flags.Error, SyntaxError, AttributeError, KeyError, *BAD_INPUT) as error:
+            sys.exit(fail(flag_error_line(error)))
 
     absl_logging.set_verbosity(absl_logging.INFO)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").addFilter(_QuietLibraries(logging.WARNING))
     try:
-        app.run(main)
+        app.run(main, flags_parser=parse)
     except BAD_INPUT as error:
         sys.exit(fail(error))

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_collections
 from absl import logging as absl_logging
 
 from rectifiers_jax import checkpoints, cli, models, parallel, run_files
@@ -61,12 +60,6 @@ def parse_scales(text: str, image_size: int) -> tuple[int, ...]:
     if len(set(scales)) != len(scales):
         raise UsageError(f"--scales={text!r} repeats a scale")
     return tuple(scales)
-
-
-def _default_batch_size(config: ml_collections.ConfigDict) -> int:
-    """config.train.eval_batch_size rounded up to a multiple of the device and process counts."""
-    unit = math.lcm(jax.device_count(), jax.process_count())
-    return max(unit, math.ceil(int(config.train.eval_batch_size) / unit) * unit)
 
 
 def _replicate(params: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -126,7 +119,7 @@ def evaluate_run(
     if not (math.isfinite(max_aspect) and max_aspect >= 1.0):
         raise UsageError(f"--max_aspect={max_aspect} must be a number >= 1")
     if batch_size is None:
-        batch_size = _default_batch_size(config)
+        batch_size = parallel.eval_batch_size(int(config.train.eval_batch_size))
     elif batch_size < 1:
         raise UsageError(f"--batch_size={batch_size} must be >= 1")
     elif protocol != "dense":

@@ -8,10 +8,16 @@ Everything else lives in importable modules (`rectifiers_jax.train.train_and_eva
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+import os
 
-from rectifiers_jax import cli, parallel, train
+# Before TensorFlow is imported (through train): its C++ start-up notices stay out of the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rectifiers_jax import checkpoints, cli, parallel, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -28,16 +34,37 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_CODES = {
     "done": cli.EXIT_DONE,
-    "preempted": cli.EXIT_DONE,
+    "preempted": cli.EXIT_PREEMPTED,
     "diverged": cli.EXIT_DIVERGED,
 }
+# After a failed checkpoint write, orbax's threads may wait forever at interpreter exit.
+FAILURE_EXIT_SECONDS = 30.0
+PEER_FAILURE_EXIT_SECONDS = 5.0
 
 
 def main(argv: list[str]) -> int:
+    """Exit codes (cli): 0 done, 75 preempted (run again to resume), 3 diverged, 2 bad input,
+    1 failure (e.g. a checkpoint that cannot be written), 130 a second Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except checkpoints.CheckpointSaveError as error:
+        cli.exit_within(FAILURE_EXIT_SECONDS, cli.EXIT_FAILURE)
+        cli.fail(error)
+        return cli.EXIT_FAILURE
+    except KeyboardInterrupt as error:
+        cli.fail(error)
+        return cli.EXIT_INTERRUPTED
+    except Exception as error:
+        if jax.process_count() == 1 or isinstance(error, cli.BAD_INPUT):
+            raise
+        # A peer died or a collective failed: this process cannot go on, and JAX's shutdown
+        # barrier at exit would wait for the dead peer.
+        cli.exit_within(PEER_FAILURE_EXIT_SECONDS, cli.EXIT_FAILURE)
+        cli.fail(f"process {jax.process_index()} stops: another process failed ({error})")
+        return cli.EXIT_FAILURE
     return EXIT_CODES[result["status"]]
 
 

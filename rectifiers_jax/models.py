@@ -394,6 +394,11 @@ def build(
         raise ValueError("fc_std_scaling='full_width' rescales fc_std, which is None; set fc_std")
     if not width > 0:
         raise ValueError(f"width multiplier must be > 0, got {width}")
+    if not 0 <= options.get("dropout_rate", 0.5) < 1:
+        raise ValueError(
+            f"dropout_rate={options['dropout_rate']} is not valid; use a rate in [0, 1)"
+        )
+    dtype = compute_dtype(dtype)
     if name.startswith("model_") and conv_padding != "alternate":
         raise ValueError(
             f"conv_padding applies to net14/net30 only; {name}'s 3x3 convs are always 'same'"
@@ -414,9 +419,21 @@ def build(
         init_scheme=init,
         layer_scales=tuple(sorted((layer_scales or {}).items())),
         fc_std=fc_std,
-        dtype=jnp.dtype(dtype),
+        dtype=dtype,
         **options,
     )
+
+
+def compute_dtype(value: Any) -> jnp.dtype:
+    """The activations' dtype from a name or dtype: float32, or bfloat16 (parameters stay
+    float32); a one-line error for anything else."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        raise ValueError(f"model dtype {value!r} is not valid; use float32 or bfloat16")
+    return dtype
 
 
 def init_params(model: SPPNet, key: jax.Array, image_size: int) -> dict:
@@ -453,6 +470,4 @@ def from_config(model_config: Any, num_classes: int | None = None) -> SPPNet:
         )
     if options.get("layer_scales") is not None:
         options["layer_scales"] = dict(options["layer_scales"])
-    if "dtype" in options:
-        options["dtype"] = jnp.dtype(options["dtype"])  # JSON stores "float32"/"bfloat16"
     return build(name, num_classes=int(classes), **options)

@@ -7,8 +7,12 @@ means over the global batch, so no `pmean`/`axis_name` is needed.
 
 from __future__ import annotations
 
+import glob
 import logging
+import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,31 +22,78 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
+# Cloud TPU chips are PCI devices of Google's vendor id with these device ids (as JAX's own
+# detection, jax._src.hardware_utils); other Google PCI devices (gVNIC) are not TPUs.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+PCI_DEVICES = "/sys/bus/pci/devices"
+
+
+def on_cloud_tpu_vm(pci_devices: str = PCI_DEVICES) -> bool:
+    """Whether this machine has Cloud TPU chips attached (read from sysfs, no JAX backend)."""
+    for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+        device = os.path.join(os.path.dirname(vendor), "device")
+        with open(vendor) as v, open(device) as d:
+            if v.read().strip() == _GOOGLE_PCI_VENDOR and d.read().strip() in _TPU_PCI_DEVICES:
+                return True
+    return False
+
+
+def distributed_args(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    pci_devices: str = PCI_DEVICES,
+) -> dict[str, Any] | None:
+    """`jax.distributed.initialize` arguments for this process, or None for a single process.
+
+    * Cloud TPU VMs (TPU chips on the PCI bus): always, with every argument auto-detected from
+      the TPU metadata, as big_vision and maxtext do; a one-host slice is a cluster of one.
+    * Slurm (`SLURM_NTASKS` > 1): one process per GPU (launch/gpu_slurm.sh starts one task
+      per GPU). Process id and count come from Slurm; each process drives the GPU of its
+      `SLURM_LOCALID` (or the single GPU Slurm made visible to it).
+    * Open MPI: auto-detected by JAX.
+    * Otherwise the arguments, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID;
+      without a coordinator address, or with one process, nothing starts.
+    """
+    env = os.environ if environ is None else environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in env:
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in env:
+        process_id = int(env["JAX_PROCESS_ID"])
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        local = None if len(visible) == 1 else [int(env["SLURM_LOCALID"])]
+        return {
+            "coordinator_address": coordinator_address,  # None: JAX reads Slurm's node list
+            "num_processes": num_processes or int(env["SLURM_NTASKS"]),
+            "process_id": int(env["SLURM_PROCID"]) if process_id is None else process_id,
+            "local_device_ids": local,
+        }
+    if on_cloud_tpu_vm(pci_devices) or "OMPI_COMM_WORLD_SIZE" in env:
+        return {}
+    if coordinator_address is None or num_processes == 1:
+        return None
+    return {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> None:
-    """Start `jax.distributed` when the run spans several processes.
-
-    On TPU pods and under SLURM/Open MPI, JAX detects the cluster by itself. Otherwise the
-    coordinator address, process count and id come from the arguments, or from the
-    environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    A single process with no cluster in sight starts nothing.
-    """
-    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
-    if process_id is None and "JAX_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["JAX_PROCESS_ID"])
-    on_cluster = any(
-        v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-    )
-    if coordinator_address is None and not on_cluster:
+    """Start `jax.distributed` when the run spans several processes (`distributed_args`)."""
+    args = distributed_args(coordinator_address, num_processes, process_id)
+    if args is None:
         return
-    if num_processes == 1 and coordinator_address is None:
-        return
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(**args)
     logging.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
@@ -69,20 +120,38 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size: int, what: str = "train.global_batch_size") -> int:
-    """Rows per process; refuses a global batch that devices or processes cannot split evenly."""
-    devices, processes = jax.device_count(), jax.process_count()
-    if global_batch_size % devices:
-        raise ValueError(
-            f"{what}={global_batch_size} does not divide by the {devices} devices; "
-            f"use a multiple of {devices}"
-        )
-    if global_batch_size % processes:
-        raise ValueError(
-            f"{what}={global_batch_size} does not divide by the {processes} processes; "
-            f"use a multiple of {processes}"
-        )
+def check_batch_size(
+    global_batch_size: int,
+    what: str = "train.global_batch_size",
+    *,
+    devices: int | None = None,
+    processes: int | None = None,
+) -> int:
+    """Rows per process; refuses a global batch that devices or processes cannot split evenly.
+
+    `devices` and `processes` default to this run's (`jax.device_count()`, ...); the launch
+    scripts pass a planned pod's or cluster's counts (`python -m rectifiers_jax.preflight`).
+    """
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    for count, unit in ((devices, "devices"), (processes, "processes")):
+        if global_batch_size % count:
+            raise ValueError(
+                f"{what}={global_batch_size} does not divide by the {count} {unit}; use a "
+                f"multiple of {count} (e.g. {math.ceil(global_batch_size / count) * count})"
+            )
     return global_batch_size // processes
+
+
+def eval_batch_size(
+    requested: int, *, devices: int | None = None, processes: int | None = None
+) -> int:
+    """`requested` rounded up to a multiple of the device and process counts: evaluation pads
+    and masks its last batch, so any batch of at least that size counts every example once."""
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    unit = math.lcm(devices, processes)
+    return max(unit, math.ceil(requested / unit) * unit)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

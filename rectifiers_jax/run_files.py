@@ -2,9 +2,19 @@
 
     WORKDIR/config.json       the config as run (`RunWriter.write_config`, `load_config`)
     WORKDIR/metrics.jsonl     one JSON object per logged step (`append_metrics`, `read_metrics`)
-    WORKDIR/status.json       {"status", "step", "message"} (`write_status`, `read_status`)
+    WORKDIR/status.json       {"status", "step", "message", "pid", "host", "updated"}
+                              (`write_status`, `read_status`, `run_state`)
+    WORKDIR/run.lock          held by the run training in the workdir (`WorkdirLock`)
     WORKDIR/eval_<protocol>.json   `python -m rectifiers_jax.evaluate` (`eval_path`)
     WORKDIR/checkpoints/      orbax, see `rectifiers_jax.checkpoints`
+    WORKDIR/checkpoints_set_aside/<step>/  newer checkpoints moved aside by a resume from an
+                              older step (`train.restore_step`); never deleted by the code
+
+Status: "running" while a run trains (`updated` is refreshed at every logged step), then "done",
+"preempted" (stopped by SIGTERM or Ctrl-C after saving: run the same command again),
+"diverged" (non-finite loss) or "failed" (an error; `message` says which). A run killed without
+writing its final status still says "running": `run_state` calls it "dead" when no process
+holds its lock (local workdirs) or its status has not been updated for `STALE_SECONDS`.
 
 Keys of metrics.jsonl: `step` (int), `epoch` (float), `train/loss`, `train/top1_error`
 (percent), `learning_rate`, `steps_per_sec`, `slope/<layer>` (mean PReLU `a`), `dead/<layer>`
@@ -17,18 +27,29 @@ when the file is missing, so a sweep can list trials that never started.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
+LOCK_FILE = "run.lock"
 CHECKPOINT_DIR = "checkpoints"
-STATUSES = ("running", "done", "preempted", "diverged")
+SET_ASIDE_DIR = "checkpoints_set_aside"
+STATUSES = ("running", "done", "preempted", "diverged", "failed")
+# A remote (gs://) run whose status was not updated for this long counts as dead.
+STALE_SECONDS = 1800.0
 
 
 def eval_path(workdir: str | epath.PathLike, protocol: str) -> epath.Path:
@@ -53,10 +74,200 @@ class RunWriter:
                 f.write(json.dumps(record) + "\n")
 
     def write_status(self, status: str, step: int, message: str = "") -> None:
-        """`status` is one of `STATUSES`."""
+        """`status` is one of `STATUSES`; also records who wrote it and when (the heartbeat)."""
         if self.is_writer:
-            record = {"status": status, "step": int(step), "message": message}
-            (self.workdir / STATUS_FILE).write_text(json.dumps(record) + "\n")
+            record = {
+                "status": status,
+                "step": int(step),
+                "message": message,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "updated": time.time(),
+            }
+            _write_atomically(self.workdir / STATUS_FILE, json.dumps(record) + "\n")
+
+
+def _write_atomically(path: epath.Path, text: str) -> None:
+    """Readers see the old or the new file, never a torn one."""
+    temporary = path.parent / f".{path.name}.tmp"
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def _is_remote(workdir: str | epath.PathLike) -> bool:
+    return "://" in str(workdir)
+
+
+def check_workdir(workdir: str | epath.PathLike) -> None:
+    """One-line errors for a workdir no run can use: a file, or a directory (or the nearest
+    existing parent of one to create) that this user cannot write. Creates nothing."""
+    path = epath.Path(workdir)
+    if _is_remote(workdir):
+        return  # Bucket permissions show at the first write, with the bucket's own message.
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"workdir {workdir}: {existing} is a file; choose another --workdir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "workdir" if existing == path else f"workdir {workdir}: parent"
+        raise ValueError(f"{what} {existing} is not writable by this user")
+
+
+class WorkdirBusyError(ValueError):
+    """Another run holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | epath.PathLike) -> Iterator[None]:
+    """Holds `WORKDIR/run.lock` for one run, so a second run on the workdir refuses to start.
+
+    An flock(2) lock: the kernel releases it when the holder exits, however it exits (SIGKILL
+    included), so a stale lock file never blocks a new run. The file records the holder (pid,
+    host, start time) for the refusal message. Process 0 of a multi-host run locks for all and
+    tells the others whether it could. On a remote (gs://) workdir there is no file lock: a
+    second run is refused while a first one's status is "running" and fresh (`STALE_SECONDS`).
+    """
+    handle, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            handle = _acquire(workdir)
+        except WorkdirBusyError as error:
+            refusal = str(error)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+        if refused and not refusal:
+            refusal = f"workdir {workdir} is in use by another run (process 0 could not lock it)"
+    if refusal:
+        raise WorkdirBusyError(refusal)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _acquire(workdir: str | epath.PathLike):
+    """The open, flock-ed lock file (None for remote workdirs); WorkdirBusyError if taken."""
+    if _is_remote(workdir):
+        state = run_state(workdir)
+        if state.get("status") == "running":
+            raise WorkdirBusyError(
+                f"workdir {workdir} is in use by a live run (pid {state.get('pid')} on "
+                f"{state.get('host')}, status updated {_age(state)} ago); wait for it or "
+                "choose another --workdir"
+            )
+        return None
+    handle = open(epath.Path(workdir) / LOCK_FILE, "a+")  # noqa: SIM115  (held by the caller)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = _holder(handle.read())
+        handle.close()
+        raise WorkdirBusyError(
+            f"workdir {workdir} is in use by another run ({holder}); wait for it to finish "
+            "or choose another --workdir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}))
+    handle.flush()
+    return handle
+
+
+def _holder(text: str) -> str:
+    try:
+        record = json.loads(text)
+        return f"pid {record['pid']} on {record['host']}, started {record['started']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def _age(status: dict[str, Any]) -> str:
+    return f"{time.time() - float(status.get('updated', 0.0)):.0f} s"
+
+
+def is_locked(workdir: str | epath.PathLike) -> bool:
+    """Whether a live process holds the workdir's lock (local workdirs)."""
+    path = epath.Path(workdir) / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def run_state(workdir: str | epath.PathLike) -> dict[str, Any]:
+    """`status.json`, with a "running" status that no live process backs reported as "dead".
+
+    Local workdirs: dead when nobody holds the lock. Remote ones: dead when the status was not
+    updated for `STALE_SECONDS`. Status files written before the heartbeat existed (no
+    `updated`) count as live. {} when the run has not started.
+    """
+    status = read_status(workdir)
+    if status.get("status") != "running":
+        return status
+    if _is_remote(workdir):
+        alive = "updated" not in status or time.time() - status["updated"] < STALE_SECONDS
+    else:
+        alive = is_locked(workdir) or "pid" not in status
+    if alive:
+        return status
+    return {**status, "status": "dead", "message": "the run ended without a final status"}
+
+
+# Fields a resumed run may change: where the data and outputs live, how often to log, evaluate
+# and save, and how long to train. Everything else (model, optimiser, data, seed, batch) shapes
+# the run and must match the checkpoints, unless `train.allow_config_change` names it.
+RESUME_SAFE_FIELDS = (
+    "data.data_dir",
+    "data.download",
+    "eval.",
+    "train.allow_config_change",
+    "train.checkpoint_every_steps",
+    "train.eval_batch_size",
+    "train.eval_every_epochs",
+    "train.keep_checkpoints",
+    "train.keep_every_epoch",
+    "train.log_every_steps",
+    "train.num_epochs",
+    "train.num_steps",
+    "train.restore_step",
+)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = lists_to_tuples(value)
+    return flat
+
+
+def config_drift(saved: dict[str, Any], new: dict[str, Any], allowed: str = "") -> list[str]:
+    """`field: old -> new` for each field that differs between a run's saved config.json and
+    the config it is resumed with, except `RESUME_SAFE_FIELDS` and the comma-separated
+    `allowed` ones. Fields that only one side has (a config of an older version) are skipped."""
+    exempt = RESUME_SAFE_FIELDS + tuple(f for f in allowed.replace(" ", "").split(",") if f)
+    old, current = _flat(saved), _flat(new)
+    return [
+        f"{key}: {old[key]!r} -> {current[key]!r}"
+        for key in sorted(old.keys() & current.keys())
+        if old[key] != current[key]
+        and not any(key == e or (e.endswith(".") and key.startswith(e)) for e in exempt)
+    ]
 
 
 def _read_json(path: epath.Path) -> dict[str, Any]:

@@ -7,6 +7,11 @@ state replicated over a ('data',) mesh, batches sharded along it, one jitted, do
 Restarting with the same workdir resumes from the latest checkpoint: parameters, optimizer
 state, data position (derived from the step) and dropout keys (folded from the step) all
 continue exactly, so an interrupted run ends bit-identical to an uninterrupted one on the CPU.
+
+Before anything is written, the whole config is checked (model, data, optimiser, batch sizes)
+and the workdir is locked for this run; a resume refuses a config that changes what the
+checkpoints were trained with (`run_files.config_drift`). A refused start leaves every file of
+the workdir as it was. SIGTERM and Ctrl-C save and stop (`preemption`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +32,9 @@ import optax
 from clu import metric_writers
 from etils import epath
 
-from rectifiers_jax import checkpoints, metrics, models, optim, parallel, run_files
-from rectifiers_jax.data import input_pipeline, mean, sources
-from rectifiers_jax.evaluators.evaluator import Evaluator
+from rectifiers_jax import checkpoints, metrics, models, optim, parallel, preemption, run_files
+from rectifiers_jax.data import input_pipeline, mean, preprocessing, sources
+from rectifiers_jax.evaluators.evaluator import PROTOCOLS, Evaluator
 
 # Parameter init uses XLA's RngBitGenerator: it compiles an order of magnitude faster than
 # threefry on the CPU (net14's init: ~45 s -> ~7 s here). The init is replicated, so every
@@ -48,7 +52,11 @@ class TrainState:
 
 
 class DivergedError(RuntimeError):
-    """The loss became non-finite; the run stops with status `diverged`."""
+    """The loss became non-finite at `step`; the run stops with status `diverged`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"loss became non-finite at step {step}")
+        self.step = step
 
 
 def make_train_step(model: models.SPPNet, tx: optax.GradientTransformation, seed: int) -> Callable:
@@ -138,29 +146,104 @@ def _resolved(config: ml_collections.ConfigDict, num_classes: int) -> ml_collect
     return resolved
 
 
-def _num_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    if config.train.num_steps > 0:
-        return int(config.train.num_steps)
-    if config.train.num_epochs <= 0:
+def check_train_config(train_config: ml_collections.ConfigDict) -> None:
+    """One-line ValueError naming the first `config.train` field out of its valid range."""
+    t = train_config
+    rules = [
+        ("global_batch_size", t.global_batch_size >= 1, "an integer >= 1"),
+        ("eval_batch_size", t.eval_batch_size >= 1, "an integer >= 1"),
+        ("num_steps", t.num_steps >= 0, "an integer >= 0 (0: use num_epochs)"),
+        ("num_epochs", t.num_steps > 0 or t.num_epochs > 0, "> 0 when num_steps is 0"),
+        ("log_every_steps", t.log_every_steps >= 1, "an integer >= 1"),
+        ("eval_every_epochs", t.eval_every_epochs >= 0, "a number >= 0 (0: at the end only)"),
+        ("checkpoint_every_steps", t.checkpoint_every_steps >= 1, "an integer >= 1"),
+        ("keep_checkpoints", t.keep_checkpoints >= 1, "an integer >= 1"),
+        ("restore_step", t.restore_step >= 0, "an integer >= 0 (0: the latest checkpoint)"),
+    ]
+    for field, valid, expected in rules:
+        if not valid:
+            raise ValueError(f"config.train.{field}={t[field]!r} is not valid; use {expected}")
+
+
+def check_config(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    num_train_examples: int | None,
+    devices: int | None = None,
+    processes: int | None = None,
+) -> models.SPPNet:
+    """Every check of `config` that needs neither the data files nor the workdir; returns the
+    model. One-line ValueErrors name the field.
+
+    `devices` and `processes` default to this run's; the launch scripts pass a planned pod's
+    (`python -m rectifiers_jax.preflight`) before they create a VM or submit a job, without the
+    dataset (`num_train_examples` None: epoch-based fields are checked at a nominal 1,000 steps
+    per epoch).
+    """
+    check_train_config(config.train)
+    batch = config.train.global_batch_size
+    steps_per_epoch = num_train_examples / batch if num_train_examples else 1000.0
+    parallel.check_batch_size(batch, devices=devices, processes=processes)
+    model = models.from_config(config.model, num_classes)
+    size = config.data.image_size
+    models.check_image_size(model.architecture, size, size, model.spp_bins)
+    optim.make_optimizer(config.optim, steps_per_epoch)
+    optim.make_plateau_tracker(config.optim)
+    sources.check_source(config.data)
+    mean.check_kind(config.data)
+    preprocessing.PreprocessConfig.from_config(config.data)
+    if config.eval.protocol not in PROTOCOLS:
         raise ValueError(
-            f"train.num_epochs={config.train.num_epochs} and "
-            f"train.num_steps={config.train.num_steps}: set one of them > 0"
+            f"config.eval.protocol={config.eval.protocol!r}; valid: {', '.join(PROTOCOLS)}"
         )
-    return int(math.ceil(config.train.num_epochs * steps_per_epoch))
+    if min(config.eval.scales) < size:
+        raise ValueError(
+            f"config.eval.scales={tuple(config.eval.scales)}: every scale must be >= "
+            f"config.data.image_size={size}"
+        )
+    return model
 
 
-def _eval_steps(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, num_steps: int
-) -> set[int]:
-    """Steps after which to evaluate: every `eval_every_epochs` epochs, and the last step."""
-    every = int(round(config.train.eval_every_epochs * steps_per_epoch))
-    return (set(range(every, num_steps + 1, every)) if every > 0 else set()) | {num_steps}
+class Schedule:
+    """Step arithmetic of a run. An epoch is exactly `num_train_examples` examples, so
+    `steps_per_epoch` = examples / global batch may be fractional; epoch e ends at step
+    ceil(e * steps_per_epoch)."""
+
+    def __init__(self, train_config: ml_collections.ConfigDict, num_train_examples: int):
+        batch = train_config.global_batch_size
+        if num_train_examples < batch:
+            raise ValueError(
+                f"the train split has {num_train_examples} examples, fewer than one global "
+                f"batch of config.train.global_batch_size={batch}"
+            )
+        self.steps_per_epoch = num_train_examples / batch
+        if train_config.num_steps > 0:
+            self.num_steps = int(train_config.num_steps)
+        else:
+            self.num_steps = math.ceil(train_config.num_epochs * self.steps_per_epoch - 1e-9)
+        every = train_config.eval_every_epochs
+        evals = {self.step_of_epoch(every * k) for k in range(1, self._epochs_in(every) + 1)}
+        self.eval_steps = {s for s in evals if 0 < s <= self.num_steps} | {self.num_steps}
+        self.epoch_end_steps = {
+            self.step_of_epoch(e) for e in range(1, self._epochs_in(1.0) + 1)
+        } & set(range(1, self.num_steps + 1))
+
+    def _epochs_in(self, every: float) -> int:
+        return int(self.num_steps / self.steps_per_epoch / every) + 1 if every > 0 else 0
+
+    def step_of_epoch(self, epoch: float) -> int:
+        """The step after which `epoch` epochs of examples have been seen (rounded up)."""
+        return math.ceil(epoch * self.steps_per_epoch - 1e-9)
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
 
 
 def _train_record(
     train_metrics: dict[str, float], state: TrainState, steps_per_sec: float
 ) -> dict[str, Any]:
-    """metrics.jsonl keys of a logged step (docs/CONTRACTS.md): train/*, dead/*, slope/*, rate."""
+    """metrics.jsonl keys of a logged step (run_files docstring): train/*, dead/*, slope/*."""
     record = {f"train/{k}": v for k, v in train_metrics.items() if "/" not in k}
     record.update({k: v for k, v in train_metrics.items() if "/" in k})
     record.update({f"slope/{k}": v for k, v in prelu_slopes(state.params).items()})
@@ -169,14 +252,14 @@ def _train_record(
     return record
 
 
-def _log_progress(record: dict[str, Any], step: int, num_steps: int, steps_per_epoch: int) -> None:
+def _log_progress(record: dict[str, Any], step: int, num_steps: int, epoch: float) -> None:
     """One progress line: step, epoch, loss, error, rate, speed and time left."""
     left = (num_steps - step) / max(record["steps_per_sec"], 1e-9)
     logging.info(
         "step %d/%d (epoch %.2f): loss %.4f, top-1 error %.2f%%, lr %.3g | %.2f steps/s, %s left",
         step,
         num_steps,
-        step / steps_per_epoch,
+        epoch,
         record["train/loss"],
         record["train/top1_error"],
         record["learning_rate"],
@@ -185,71 +268,158 @@ def _log_progress(record: dict[str, Any], step: int, num_steps: int, steps_per_e
     )
 
 
-class _StopSignal:
-    """Records SIGTERM (a preemption notice) so the loop can checkpoint and exit cleanly."""
+def _check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses, naming every field, a config that changes what the workdir's run trained with."""
+    saved = run_files.read_config(workdir)
+    if not saved:
+        return
+    drift = run_files.config_drift(saved, config.to_dict(), config.train.allow_config_change)
+    if drift:
+        raise ValueError(
+            f"workdir {workdir} holds a run with another config; changed: {'; '.join(drift)} "
+            "(use another --workdir, or allow the change with "
+            "--config.train.allow_config_change=FIELD,...)"
+        )
 
-    def __init__(self):
-        self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.received = True
+def _restore_step(ckpt: checkpoints.Checkpointer, workdir: epath.Path, wanted: int) -> int:
+    """The step to resume from: `train.restore_step` when set, else the latest (0: none)."""
+    steps = ckpt.all_steps()
+    if not wanted:
+        return steps[-1] if steps else 0
+    if wanted not in steps:
+        raise ValueError(
+            f"config.train.restore_step={wanted}: no such checkpoint in "
+            f"{checkpoints.checkpoint_dir(workdir)} (steps: {steps})"
+        )
+    return wanted
 
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+
+def _unreadable(
+    error: checkpoints.CheckpointError, step: int, steps: list[int]
+) -> checkpoints.CheckpointError:
+    """The restore error, pointing at the newest older checkpoint when there is one."""
+    older = [s for s in steps if s < step]
+    hint = (
+        f"; resume from the older checkpoint with --config.train.restore_step={older[-1]}"
+        if older
+        else ""
+    )
+    return checkpoints.CheckpointError(f"{error}{hint}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir`, resuming if it holds checkpoints; returns the final metrics.
 
     Returns a dict with `status` ("done", "preempted" or "diverged"), `step` and the last
-    evaluation's `eval/...` values.
+    evaluation's `eval/...` values. Bad input (config, data, workdir, checkpoints) raises
+    ValueError or FileNotFoundError before the workdir is changed; a failed checkpoint write
+    raises `checkpoints.CheckpointSaveError` after recording status "failed".
     """
     workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    files = run_files.RunWriter(workdir)
+    # 1. Everything that can be wrong with the config and the data, before the workdir is touched.
     info = sources.get_info(config.data)
-    steps_per_epoch = input_pipeline.steps_per_epoch(info, config.train.global_batch_size)
-    num_steps = _num_steps(config, steps_per_epoch)
-    parallel.check_batch_size(config.train.global_batch_size)
-    parallel.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
-
-    model = models.from_config(config.model, info.num_classes)
-    tx = optim.make_optimizer(config.optim, steps_per_epoch)
-    mesh = parallel.create_mesh()
-    plateau = optim.make_plateau_tracker(config.optim)
-
-    keep_period = steps_per_epoch if config.train.keep_every_epoch else None
-    ckpt = checkpoints.Checkpointer(
-        str(workdir),
-        save_every_steps=config.train.checkpoint_every_steps,
-        keep=config.train.keep_checkpoints,
-        keep_period=keep_period,
+    model = check_config(
+        config, num_classes=info.num_classes, num_train_examples=info.num_train_examples
     )
-    start_step = ckpt.latest_step() or 0
-    if start_step:
-        # A resume never runs the init: the restore target is shapes and shardings alone.
-        target = abstract_train_state(model, tx, config.seed, config.data.image_size, mesh)
-        state, metadata = ckpt.restore(start_step, target)
-        if plateau is not None and "plateau" in metadata:
-            plateau.load_state_dict(metadata["plateau"])
-        logging.info("resumed from step %d in %s", start_step, workdir)
-    else:
-        state = create_train_state(model, tx, config.seed, config.data.image_size, mesh)
-    # Written once the run is known to start or resume: a refused resume leaves the old file.
-    files.write_config(_resolved(config, info.num_classes))
+    plan = Schedule(config.train, info.num_train_examples)
+    tx = optim.make_optimizer(config.optim, plan.steps_per_epoch)
+    plateau = optim.make_plateau_tracker(config.optim)
+    mesh = parallel.create_mesh()
+    # The mean image is read once here and handed to both pipelines.
+    mean_image = mean.load_mean(config.data)
+    evaluate = Evaluator(
+        config.data,
+        model,
+        mesh,
+        mean=mean_image,
+        batch_size=parallel.eval_batch_size(config.train.eval_batch_size),
+    )
+    resolved = _resolved(config, info.num_classes)
+    # 2. The workdir: usable, this run's alone, and trained with this config.
+    run_files.check_workdir(workdir)
+    if config.train.restore_step and not checkpoints.checkpoint_dir(workdir).exists():
+        raise ValueError(
+            f"config.train.restore_step={config.train.restore_step}: no such checkpoint "
+            f"({workdir} has no checkpoints)"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    with run_files.workdir_lock(workdir), preemption.StopRequests() as stop:
+        _check_resume(workdir, resolved)
+        if config.train.restore_step and jax.process_index() == 0:
+            checkpoints.set_aside_newer(workdir, int(config.train.restore_step))
+        keep_steps = plan.epoch_end_steps if config.train.keep_every_epoch else ()
+        ckpt = checkpoints.Checkpointer(
+            str(workdir),
+            save_every_steps=config.train.checkpoint_every_steps,
+            keep=config.train.keep_checkpoints,
+            keep_steps=keep_steps,
+        )
+        try:
+            start_step = _restore_step(ckpt, workdir, int(config.train.restore_step))
+            if start_step:
+                # A resume never runs the init: the restore target is shapes and shardings.
+                target = abstract_train_state(model, tx, config.seed, config.data.image_size, mesh)
+                try:
+                    state, metadata = ckpt.restore(start_step, target)
+                except checkpoints.CheckpointError as error:
+                    raise _unreadable(error, start_step, ckpt.all_steps()) from error
+                if plateau is not None and metadata.get("plateau"):
+                    plateau.load_state_dict(metadata["plateau"])
+                logging.info("resumed from step %d in %s", start_step, workdir)
+            else:
+                state = create_train_state(model, tx, config.seed, config.data.image_size, mesh)
+        except BaseException:
+            ckpt.close()
+            raise
+        # 3. The run starts (or resumes): from here on its files are written.
+        files = run_files.RunWriter(workdir)
+        files.write_config(resolved)
+        files.write_status("running", start_step)
+        progress = {"step": start_step}
+        try:
+            result = _train_loop(
+                config, plan, model, tx, plateau, mesh, mean_image, evaluate, ckpt, stop, files,
+                state, progress,
+            )  # fmt: skip
+        except BaseException as error:  # recorded, then re-raised: status never stays "running"
+            files.write_status("failed", progress["step"], _one_line(error))
+            raise
+    files.write_status(result["status"], result["step"], result.get("message", ""))
+    logging.info("run %s at step %d", result["status"], result["step"])
+    return result
 
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, checkpoints.CheckpointSaveError | KeyboardInterrupt):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    plan: Schedule,
+    model: models.SPPNet,
+    tx: optax.GradientTransformation,
+    plateau: optim.PlateauTracker | None,
+    mesh: jax.sharding.Mesh,
+    mean_image: np.ndarray | None,
+    evaluate: Evaluator,
+    ckpt: checkpoints.Checkpointer,
+    stop: preemption.StopRequests,
+    files: run_files.RunWriter,
+    state: TrainState,
+    progress: dict[str, int],
+) -> dict[str, Any]:
+    """Steps from `progress["step"]` to the end, a stop request or divergence, counting in
+    `progress` (read by the caller if this raises); closes `ckpt`."""
+    start_step = progress["step"]
     train_step = jax.jit(
         make_train_step(model, tx, config.seed),
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
         donate_argnums=0,
-    )
-    # The mean image is read once here and handed to both pipelines.
-    mean_image = mean.load_mean(config.data)
-    evaluate = Evaluator(
-        config.data, model, mesh, mean=mean_image, batch_size=config.train.eval_batch_size
     )
     batches = input_pipeline.train_iterator(
         config.data,
@@ -260,18 +430,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     # TensorBoard events from process 0; progress lines come from the loop's own log line.
     writer = metric_writers.MultiWriter(
-        [metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))]
+        [metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(files.workdir)))]
         if files.is_writer
         else []
     )
-    eval_at = _eval_steps(config, steps_per_epoch, num_steps)
-    stop = _StopSignal()
-    files.write_status("running", start_step)
+    num_steps = plan.num_steps
     logging.info(
-        "training %s for %d steps (%d per epoch) on %d devices, %d processes",
+        "training %s for %d steps (%.4g per epoch) on %d devices, %d processes",
         config.model.name,
         num_steps,
-        steps_per_epoch,
+        plan.steps_per_epoch,
         jax.device_count(),
         jax.process_count(),
     )
@@ -289,32 +457,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         fetched = jax.device_get(pending)
         for offset, m in enumerate(fetched):
             if not np.isfinite(m["loss"]):
-                bad_step = step - len(fetched) + offset + 1
-                raise DivergedError(f"loss became non-finite at step {bad_step}")
+                raise DivergedError(step - len(fetched) + offset + 1)
         pending.clear()
         return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
     status, message = "done", ""
     try:
         while step < num_steps:
-            if stop.received or ckpt.reached_preemption(step):
-                status, message = "preempted", f"preempted at step {step}"
+            if stop.should_stop(step, ckpt.reached_preemption):
+                status = "preempted"
+                message = f"stopped at step {step} by {stop.requested or 'a preemption notice'}"
                 break
-            state, metrics = train_step(state, parallel.global_batch(next(batches), mesh))
-            pending.append(metrics)
+            state, step_metrics = train_step(state, parallel.global_batch(next(batches), mesh))
+            pending.append(step_metrics)
             step += 1
+            progress["step"] = step
             record: dict[str, Any] = {}
             # Every checkpoint is preceded by a finiteness check of the steps since the last.
-            saving = ckpt.should_save(step) or step % steps_per_epoch == 0
-            if step % config.train.log_every_steps == 0 or step in eval_at or saving:
+            epoch_end = step in plan.epoch_end_steps
+            saving = ckpt.should_save(step) or epoch_end or step == num_steps
+            if step % config.train.log_every_steps == 0 or step in plan.eval_steps or saving:
                 train_metrics = flush_metrics()
                 if step % config.train.log_every_steps == 0:
                     now = time.perf_counter()
                     steps_per_sec = (step - timer[1]) / max(now - timer[0], 1e-9)
                     timer = (now, step)
                     record = _train_record(train_metrics, state, steps_per_sec)
-                    _log_progress(record, step, num_steps, steps_per_epoch)
-            if step in eval_at:
+                    _log_progress(record, step, num_steps, plan.epoch(step))
+                    files.write_status("running", step)  # the heartbeat
+            if step in plan.eval_steps:
                 result = evaluate(state.params)
                 last_eval = {f"eval/{k}": v for k, v in result.items()}
                 record.update(last_eval)
@@ -332,26 +503,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     )
                     logging.info("validation error plateaued: learning rate now %.3g", new_rate)
             if record:
-                record = {"step": step, "epoch": step / steps_per_epoch, **record}
+                record = {"step": step, "epoch": plan.epoch(step), **record}
                 files.append_metrics(record)
                 writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
             # keep_every_epoch keeps one checkpoint per epoch, so one must be written there.
-            epoch_end = config.train.keep_every_epoch and step % steps_per_epoch == 0
-            ckpt.save(step, state, metadata(), force=step == num_steps or epoch_end)
+            force = step == num_steps or (epoch_end and config.train.keep_every_epoch)
+            ckpt.save(step, state, metadata(), force=force)
         if status == "preempted":
             if pending:
                 flush_metrics()  # never checkpoint a state whose loss went non-finite
             ckpt.save(step, state, metadata(), force=True)
-    except DivergedError as error:
-        status, message = "diverged", str(error)
-        logging.error(
-            "%s; the last finite checkpoint stays in %s", message, workdir / "checkpoints"
-        )
-    finally:
-        stop.restore()
+            logging.warning("%s; run the same command again to resume", message)
         ckpt.wait_until_finished()
+    except DivergedError as error:
+        status = "diverged"
+        ckpt.wait_until_finished()
+        saved = ckpt.all_steps()
+        kept = f"the last finite checkpoint is step {saved[-1]}" if saved else "no checkpoint"
+        message = f"{error}; {kept} in {ckpt.directory}"
+        step = error.step
+        logging.error("%s", message)
+    finally:
         ckpt.close()
         writer.flush()
-    files.write_status(status, step, message)
-    logging.info("run %s at step %d", status, step)
-    return {"status": status, "step": step, **last_eval}
+    return {"status": status, "step": step, "message": message, **last_eval}

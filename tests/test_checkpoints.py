@@ -198,7 +198,13 @@ def delete_tree_metadata(step_dir: str) -> None:
     os.remove(f"{step_dir}/state/_METADATA")
 
 
-@pytest.mark.parametrize("damage", [truncate_data_files, delete_tree_metadata])
+def delete_step_metadata(step_dir: str) -> None:
+    os.remove(f"{step_dir}/_CHECKPOINT_METADATA")  # written last: the save never finished
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate_data_files, delete_tree_metadata, delete_step_metadata]
+)
 def test_damaged_checkpoint_raises_checkpoint_error(
     saved_run, mesh8, abstract_state, tmp_path, damage
 ):
@@ -239,7 +245,9 @@ def test_restore_into_a_different_tree_names_the_leaf(saved_run, mesh8, abstract
 
 def test_retention_keeps_the_last_and_every_period(tmp_path):
     state = {"w": jnp.arange(4.0)}
-    with checkpoints.Checkpointer(tmp_path, save_every_steps=1, keep=2, keep_period=5) as ckpt:
+    with checkpoints.Checkpointer(
+        tmp_path, save_every_steps=1, keep=2, keep_steps=range(5, 100, 5)
+    ) as ckpt:
         for step in range(1, 11):
             assert ckpt.save(step, state, {"step": step})
         ckpt.wait_until_finished()

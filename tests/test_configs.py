@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from rectifiers_jax import models
+from rectifiers_jax import models, parallel, train
 
 # (config argument, model name, activation, init, num_classes of its dataset)
 VARIANTS = [
@@ -77,3 +77,37 @@ def test_bad_config_arguments_name_the_valid_ones():
         load("configs/net14.py:depth=30")
     with pytest.raises(flags.IllegalFlagValueError, match="act='elu' is not one of relu"):
         load("configs/net14.py:act=elu")
+
+
+# Planned pods and clusters: (devices, processes). TPU v4-style hosts of 4 chips up to 256 chips,
+# and GPU clusters with one process per GPU.
+PLANS = [(1, 1), (8, 1), (8, 8), (16, 4), (32, 8), (32, 32), (64, 16), (64, 64), (128, 32)]
+PLANS += [(256, 64)]
+
+
+@pytest.mark.parametrize(("argument", "name", "activation", "init", "num_classes"), VARIANTS)
+def test_every_config_starts_on_every_pod_size_or_is_refused_up_front(
+    argument, name, activation, init, num_classes
+):
+    """The checks the launch scripts run before creating machines (`rectifiers_jax.preflight`):
+    a batch that divides passes, one that does not is refused in one line naming the counts."""
+    config = load(argument)
+    batch = config.train.global_batch_size
+    for devices, processes in PLANS:
+        plan = dict(devices=devices, processes=processes)
+
+        def check(plan=plan):
+            train.check_config(config, num_classes=num_classes, num_train_examples=None, **plan)
+
+        if batch % devices == 0 and batch % processes == 0:
+            check()
+            eval_batch = parallel.eval_batch_size(
+                config.train.eval_batch_size, devices=devices, processes=processes
+            )
+            assert eval_batch >= config.train.eval_batch_size and eval_batch % devices == 0
+        else:
+            with pytest.raises(ValueError, match=rf"global_batch_size={batch} does not divide"):
+                check()
+    if argument.startswith(("configs/net14.py", "configs/large.py")):
+        # The paper's batch of 128: every TPU slice and GPU cluster up to 128 chips.
+        assert batch == 128

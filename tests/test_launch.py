@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from rectifiers_jax import parallel
 
 REPO = Path(__file__).resolve().parents[1]
 TPU = str(REPO / "launch" / "tpu_pod.sh")
@@ -41,6 +44,7 @@ def env(tmp_path):
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "STUB_LOG": str(tmp_path / "calls.log"),
         "TMPDIR": str(tmp_path),
+        "PYTHON": "python",  # the stub: the config check is tested on its own below
     }
 
 
@@ -81,7 +85,7 @@ def test_tpu_dry_run_prints_create_copy_install_and_run_on_all_workers(env):
     ssh = [shlex.split(line) for line in lines if "tpu-vm ssh" in line]
     assert len(ssh) == 2 and all("--worker=all" in command for command in ssh)
     install, start = (command[-1] for command in ssh)
-    assert "pip install -q -c constraints.txt -e ." in install and "jax[tpu]" in install
+    assert 'pip install -q -c constraints.txt -e ".[tpu]"' in install
     assert start == "--command=bash ~/rectifiers_jax_job.sh"
     # The job script every worker runs: data and workdir on the bucket, overrides intact.
     job = next(line for line in lines if "-m rectifiers_jax.main" in line)
@@ -130,7 +134,8 @@ def test_slurm_dry_run_prints_the_job_and_submits_nothing(env, tmp_path):
     out = result.stdout
     for line in (
         "#SBATCH --nodes=2",
-        "#SBATCH --ntasks-per-node=1",
+        "# 2 nodes x 8 GPUs: 16 processes, 1 GPU each",
+        "#SBATCH --ntasks-per-node=8",
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --partition=gpu",
         f"#SBATCH --chdir={REPO}",
@@ -140,7 +145,10 @@ def test_slurm_dry_run_prints_the_job_and_submits_nothing(env, tmp_path):
         assert line in out.splitlines(), line
     assert "srun" in out and "python -m rectifiers_jax.main" in out
     assert '--process_id="$SLURM_PROCID"' in out and '--num_processes="$SLURM_NTASKS"' in out
+    assert 'if (( status == 75 )); then scontrol requeue "$SLURM_JOB_ID"; fi' in out
     assert not workdir.exists() and calls(env) == []
+    # The config was checked for the 16 processes first (here by the python stub).
+    assert "-m rectifiers_jax.preflight --config=configs/default.py --devices=16" in result.stderr
 
 
 def test_slurm_job_gives_every_process_the_coordinator_count_and_id(env, tmp_path):
@@ -190,7 +198,97 @@ def test_bad_input_gives_one_line_error(env, script, args, message):
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        (TPU, tpu_args()[:5] + ["v4-512"] + tpu_args()[6:]),
+        (SLURM, ["--nodes", "32", "--gpus-per-node", "8", "--workdir", "w", "--config",
+                 "configs/default.py"]),
+    ],
+)  # fmt: skip
+def test_a_config_that_does_not_fit_is_refused_before_anything_is_created(env, script, args):
+    # 256 chips (v4-512) or GPUs for a global batch of 64: the real check, then nothing else.
+    result = run(script, *args, env={**env, "PYTHON": sys.executable})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: train.global_batch_size=64 does not divide by the 256 devices; use a multiple "
+        "of 256 (e.g. 256)"
+    )
+    assert calls(env) == []
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "hosts"),
+    [("v3-8", 8, 1), ("v4-8", 4, 1), ("v4-32", 16, 4), ("v5p-128", 64, 16),
+     ("v5litepod-8", 8, 1), ("v5litepod-16", 16, 4), ("v6e-256", 256, 64)],
+)  # fmt: skip
+def test_tpu_slices_are_checked_with_their_devices_and_hosts(env, accelerator, devices, hosts):
+    args = tpu_args()
+    args[args.index("v4-32")] = accelerator
+    result = run(TPU, *args, "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"# {accelerator}: {devices} JAX devices on {hosts} hosts" in result.stdout
+    assert f"--devices={devices} --processes={hosts}" in result.stderr
+
+
 def test_help(env):
     for script in (TPU, SLURM):
         result = run(script, "--help", env=env)
         assert result.returncode == 0 and result.stdout.startswith("usage:")
+
+
+# ----------------------------------------------------------------------------------------------
+# Which devices each process drives (rectifiers_jax.parallel.distributed_args)
+
+
+def test_slurm_2_nodes_x_4_gpus_give_8_processes_one_gpu_each(tmp_path):
+    """The environment srun gives each task of `gpu_slurm.sh --nodes 2 --gpus-per-node 4`."""
+    seen = []
+    for node in range(2):
+        for local in range(4):
+            task = {
+                "SLURM_JOB_ID": "7",
+                "SLURM_NTASKS": "8",
+                "SLURM_PROCID": str(node * 4 + local),
+                "SLURM_LOCALID": str(local),
+                "CUDA_VISIBLE_DEVICES": "0,1,2,3",  # --gpus-per-node: every task sees all four
+            }
+            args = parallel.distributed_args(
+                "node-a:20007", 8, None, environ=task, pci_devices=str(tmp_path)
+            )
+            seen.append((node, args["process_id"], args["local_device_ids"]))
+            assert args["coordinator_address"] == "node-a:20007" and args["num_processes"] == 8
+    assert seen == [(n, 4 * n + g, [g]) for n in range(2) for g in range(4)]
+    # A cluster that binds one GPU per task (CUDA_VISIBLE_DEVICES=<one>): that one, whatever id.
+    bound = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}
+    args = parallel.distributed_args(
+        None, None, None, environ={**bound, "CUDA_VISIBLE_DEVICES": "1"}, pci_devices=str(tmp_path)
+    )
+    assert args == {
+        "coordinator_address": None, "num_processes": 8, "process_id": 5, "local_device_ids": None
+    }  # fmt: skip
+
+
+def _pci_device(root: Path, slot: str, vendor: str, device: str) -> None:
+    (root / slot).mkdir(parents=True)
+    (root / slot / "vendor").write_text(vendor + "\n")
+    (root / slot / "device").write_text(device + "\n")
+
+
+def test_cloud_tpu_vms_always_start_jax_distributed(tmp_path):
+    tpu_vm, gpu_vm = tmp_path / "tpu", tmp_path / "gpu"
+    _pci_device(tpu_vm, "0000:00:05.0", "0x1ae0", "0x0042")  # gVNIC, Google's NIC
+    _pci_device(tpu_vm, "0000:00:06.0", "0x1ae0", "0x005e")  # a TPU v4 chip
+    _pci_device(gpu_vm, "0000:00:05.0", "0x1ae0", "0x0042")
+    _pci_device(gpu_vm, "0000:00:06.0", "0x10de", "0x2335")  # an NVIDIA H200
+    # A TPU VM, even one host alone: started, every argument auto-detected from its metadata.
+    assert parallel.distributed_args(environ={}, pci_devices=str(tpu_vm)) == {}
+    # A GPU VM or a laptop, one process: nothing starts.
+    assert parallel.distributed_args(environ={}, pci_devices=str(gpu_vm)) is None
+    assert parallel.distributed_args(environ={}, pci_devices=str(tmp_path / "none")) is None
+    # Several processes by hand: the flags, or JAX_* variables.
+    env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    assert parallel.distributed_args(environ=env, pci_devices=str(gpu_vm)) == {
+        "coordinator_address": "h:1", "num_processes": 2, "process_id": 1
+    }  # fmt: skip

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from support import run_cli
 
 from launch import sweep as sweep_lib
+from rectifiers_jax import run_files
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = str(REPO / "configs" / "default.py")
@@ -48,8 +49,10 @@ def write_sweep_config(tmp_path: Path, axes=None, fixed=None, name="sweep_config
 
 
 def write_status(workdir: str, status: str) -> None:
+    """status.json as a run writes it; "running" without the workdir's lock held is a run that
+    was killed (`run_files.run_state` says "dead")."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "step": 3, "message": ""}
+    record = {"status": status, "step": 3, "message": "", "pid": 1, "host": "h", "updated": 0}
     (Path(workdir) / "status.json").write_text(json.dumps(record))
 
 
@@ -160,7 +163,7 @@ def test_local_sweep_skips_finished_trials_and_records_failures(tmp_path, capsys
         return 0
 
     assert sweep_lib.main([config, "--local"], runner=fake_main) == 1
-    # Done and diverged trials are skipped; running (interrupted) and preempted ones rerun.
+    # Done and diverged trials are skipped; dead (killed while running) and preempted ones rerun.
     assert [workdir_of(c) for c in ran] == [t.workdir for t in trials[2:]]
     assert all(
         c[0] == sys.executable and c[1:] == t.command[1:]
@@ -216,8 +219,9 @@ def test_changed_sweep_refuses_old_trial_dirs(tmp_path, capsys):
 def test_slurm_submissions_skip_live_trials(tmp_path, capsys):
     config = write_sweep_config(tmp_path)
     trials = sweep_lib.expand(sweep_lib.load_sweep(config))
-    write_status(trials[0].workdir, "running")  # may be live on the cluster: not resubmitted
-    assert sweep_lib.main([config, "--slurm", "--dry_run"]) == 0
+    write_status(trials[0].workdir, "running")  # live on the cluster: not resubmitted
+    with run_files.workdir_lock(trials[0].workdir):
+        assert sweep_lib.main([config, "--slurm", "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert f"# skip {trials[0].name} (running)" in out
     commands = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
@@ -232,27 +236,40 @@ def test_slurm_submissions_skip_live_trials(tmp_path, capsys):
         assert command[split + 1 :] == trial.config_args
 
 
-def test_tpu_submission_gives_each_trial_its_own_detached_slice(tmp_path):
-    sweep = sweep_lib.load_sweep(write_sweep_config(tmp_path), sweep_dir="gs://bucket/iv")
-    trial = sweep_lib.expand(sweep)[3]
-    command = sweep_lib.submission_command(sweep, trial, "tpu", "iv")
-    assert command == [
-        "bash",
-        str(REPO / "launch" / "tpu_pod.sh"),
-        "--name",
-        "iv-003",
-        "--accelerator",
-        "v4-8",
-        "--zone",
-        "us-central2-b",
-        "--detach",
-        "--workdir",
-        f"gs://bucket/iv/{trial.name}",
-        "--config",
-        BASE,
-        "--",
-        *trial.config_args,
-    ]
+def test_tpu_trials_run_in_turn_on_one_slice_that_is_deleted_at_the_end(tmp_path, capsys):
+    config = write_sweep_config(tmp_path)
+    trials = sweep_lib.expand(sweep_lib.load_sweep(config, sweep_dir="gs://bucket/iv"))
+    # A dry run reads nothing from the bucket: no cloud access needed.
+    assert sweep_lib.main([config, "--tpu=iv", "--sweep_dir=gs://bucket/iv", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [shlex.split(line) for line in lines if not line.startswith("#")]
+    assert len(commands) == len(trials)
+    for i, (command, trial) in enumerate(zip(commands, trials, strict=True)):
+        assert command[:6] == [
+            "bash", str(REPO / "launch" / "tpu_pod.sh"), "--name", "iv", "--accelerator", "v4-8"
+        ]  # fmt: skip
+        assert ("--reuse" in command) == (i > 0) and "--detach" not in command
+        split = command.index("--")
+        assert command[split - 4 : split] == [
+            "--workdir", f"gs://bucket/iv/{trial.name}", "--config", BASE
+        ]  # fmt: skip
+        assert command[split + 1 :] == trial.config_args
+    assert lines[-1] == (
+        "# delete the slice: gcloud compute tpus tpu-vm delete iv --zone=us-central2-b --quiet"
+    )
+    # The real sweep deletes the slice even when a trial fails.
+    ran = []
+    sweep = sweep_lib.load_sweep(config, sweep_dir=str(tmp_path / "iv"))
+
+    def runner(command: list[str]) -> int:
+        ran.append(command)
+        return 1
+
+    assert sweep_lib.run_sweep(sweep, "tpu", tpu_name="iv", runner=runner) == 1
+    assert ran[-1] == [
+        "gcloud", "compute", "tpus", "tpu-vm", "delete", "iv", "--zone=us-central2-b", "--quiet"
+    ]  # fmt: skip
+    assert len(ran) == len(trials) + 1
 
 
 @pytest.mark.parametrize(
@@ -320,3 +337,16 @@ def test_cpu_figures_sweep_runs_the_papers_inits_on_the_right_model(monkeypatch)
         assert trials[-1].workdir == f"runs/sweeps/{figure}_cpu/init=xavier,seed=2"
     with pytest.raises(ValueError, match="'fig4' is not one of fig2, fig3"):
         sweep_lib.load_sweep("configs/sweeps/cpu_figures.py:fig4")
+
+
+def test_dead_trials_rerun_live_ones_do_not(tmp_path, capsys):
+    config = write_sweep_config(tmp_path)
+    trials = sweep_lib.expand(sweep_lib.load_sweep(config))
+    # Killed: "running" with no process holding the lock. Live: its lock is held.
+    write_status(trials[0].workdir, "running")
+    write_status(trials[1].workdir, "running")
+    with run_files.workdir_lock(trials[1].workdir):
+        assert sweep_lib.main([config, "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert f"# skip {trials[1].name} (running)" in out
+    assert f"# skip {trials[0].name}" not in out and "--workdir=" + trials[0].workdir in out

@@ -92,10 +92,11 @@ def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     first = train.train_and_evaluate(tiny_config(digits_dir), str(interrupted))
     assert first["status"] == "preempted" and 2 <= first["step"] < 12
     status = json.loads((interrupted / "status.json").read_text())
-    assert status == {
+    assert {k: status[k] for k in ("status", "step", "message", "pid")} == {
         "status": "preempted",
         "step": first["step"],
-        "message": f"preempted at step {first['step']}",
+        "message": f"stopped at step {first['step']} by SIGTERM",
+        "pid": os.getpid(),
     }
     assert (
         checkpoints.Checkpointer(str(interrupted), save_every_steps=4, keep=2).latest_step()
@@ -136,10 +137,13 @@ def test_non_finite_loss_stops_with_diverged_and_keeps_last_finite_checkpoint(di
     assert result["status"] == "diverged"
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "diverged"
-    bad_step = int(status["message"].rsplit(" ", 1)[-1])
-    assert "non-finite at step" in status["message"] and 1 <= bad_step <= 12
+    bad_step = status["step"]
+    assert f"non-finite at step {bad_step};" in status["message"] and 1 <= bad_step <= 12
     last_saved = checkpoints.Checkpointer(str(tmp_path), save_every_steps=1, keep=2).latest_step()
-    if last_saved is not None:
+    if last_saved is None:
+        assert "no checkpoint in" in status["message"]
+    else:
+        assert f"the last finite checkpoint is step {last_saved} in" in status["message"]
         assert last_saved < bad_step
         params = checkpoints.load_params(tmp_path, last_saved)
         assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
@@ -191,14 +195,28 @@ def test_default_config_end_to_end_through_the_cli(digits_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_restore_mismatch_names_step_and_path(digits_dir, tmp_path):
+def test_config_drift_and_restore_mismatch_are_refused_and_change_nothing(digits_dir, tmp_path):
     train.train_and_evaluate(tiny_config(digits_dir, **{"train.num_steps": 4}), str(tmp_path))
+
+    def files() -> dict[str, bytes]:  # the run's record; run.lock names its latest holder
+        return {
+            p.name: p.read_bytes()
+            for p in tmp_path.iterdir()
+            if p.is_file() and p.name != "run.lock"
+        }
+
+    before = files()
     wider = tiny_config(digits_dir, **{"train.num_steps": 8})
     wider.model.width = 0.125
+    wider.seed = 3
+    with pytest.raises(ValueError, match=r"changed: model.width: 0.0625 -> 0.125; seed: 0 -> 3"):
+        train.train_and_evaluate(wider, str(tmp_path))
+    # Allowed, the change reaches the checkpoint, which names its step and path.
+    wider.train.allow_config_change = "model.width,seed"
     with pytest.raises(checkpoints.CheckpointError, match=r"step 4 .*checkpoints"):
         train.train_and_evaluate(wider, str(tmp_path))
-    # Nothing of the run was overwritten by the refused resume.
-    assert checkpoints.load_config(tmp_path).model.width == 0.0625
+    # Nothing of the run was overwritten by the refused resumes.
+    assert files() == before
 
 
 @pytest.mark.slow
@@ -207,7 +225,7 @@ def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(dig
     config.optim.schedule = "plateau"
     config.optim.plateau_patience = 1
     config.optim.plateau_min_delta = 100.0  # no evaluation can improve by 100 points
-    config.train.eval_every_epochs = 4 / (1437 // 16)  # every 4 steps
+    config.train.eval_every_epochs = 4 * 16 / 1437  # every 4 steps
     train.train_and_evaluate(config, str(tmp_path))
     rates = {r["step"]: r["learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl")}
     # Evaluations at steps 4, 8, 12: the first sets the best, the second drops 0.01 -> 0.001.

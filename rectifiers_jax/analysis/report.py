@@ -109,7 +109,7 @@ def run_rows(
     run_files.require_run_dir(workdir)
     config = run_files.read_config(workdir)
     model, data = config.get("model", {}), config.get("data", {})
-    status = run_files.read_status(workdir)
+    status = run_files.run_state(workdir)
     metrics = run_files.read_metrics(workdir)
     total, slopes = parameter_counts(workdir)
     dataset = data.get("name") if data.get("source", "tfds") == "tfds" else data.get("folder")

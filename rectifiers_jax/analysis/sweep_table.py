@@ -10,7 +10,8 @@ Outcome of a trial, first match wins:
   stalled   the last evaluation's top-1 error is within `--chance_margin` percentage points
             (default 5) of chance, 100 * (1 - 1/num_classes), after `--stall_epochs` epochs
             (default 5) or at the end of a finished run -- the paper's Xavier net30 (Fig. 3);
-  done, running, preempted  status.json;
+  done, running, preempted, failed  status.json (`run_files.run_state`);
+  dead      status.json says running, but no live process backs it (killed without a status);
   missing   no status.json yet (never started).
 num_classes comes from the trial's config.json (`model.num_classes`, else `data.num_classes`), else
 a `num_classes` key in its metrics, else `--num_classes`; without it no trial is called stalled.
@@ -86,7 +87,7 @@ def classify(
         long_enough = status == "done" or (epoch is not None and epoch >= stall_epochs)
         if long_enough and error >= chance_error(num_classes) - chance_margin:
             return "stalled"
-    return status if status in ("done", "running", "preempted") else "missing"
+    return status if status in ("done", "running", "preempted", "failed", "dead") else "missing"
 
 
 def read_trial(
@@ -103,7 +104,7 @@ def read_trial(
     metrics = run_files.read_metrics(workdir)
     last_eval = run_files.final_eval(workdir)
     num_classes = _num_classes(run_files.read_config(workdir), metrics, num_classes)
-    status = run_files.read_status(workdir).get("status", "missing")
+    status = run_files.run_state(workdir).get("status", "missing")
     losses = [r["train/loss"] for r in metrics if "train/loss" in r]
     return TrialResult(
         name=name,

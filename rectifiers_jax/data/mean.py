@@ -81,6 +81,13 @@ def write_mean(data_config, max_examples: int | None = None) -> str:
     return path
 
 
+def check_kind(data_config) -> str:
+    """`config.data.mean`, refused with the valid kinds when unknown."""
+    if data_config.mean not in MEAN_KINDS:
+        raise ValueError(f"config.data.mean={data_config.mean!r}; valid: {', '.join(MEAN_KINDS)}")
+    return data_config.mean
+
+
 def load_mean(data_config) -> np.ndarray | None:
     """The mean to subtract for `config.data.mean`, float32 in 0..255 units.
 
@@ -88,9 +95,7 @@ def load_mean(data_config) -> np.ndarray | None:
     from that file; "none": None. Without the file, both fall back to the per-channel mean of
     the first `MEAN_FALLBACK_EXAMPLES` training images (logged).
     """
-    kind = data_config.mean
-    if kind not in MEAN_KINDS:
-        raise ValueError(f"config.data.mean={kind!r}; valid: {', '.join(MEAN_KINDS)}")
+    kind = check_kind(data_config)
     if kind == "none":
         return None
     path = mean_path(data_config)
