@@ -106,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Comma-separated config fields a resumed run may change (e.g. "optim.learning_rate");
     # where data and outputs live, logging, evaluation, saving and run length may always change.
     config.train.allow_config_change = ""
+    # Steps to trace for TensorBoard's profile plugin (WORKDIR/plugins/profile/), after the
+    # first few (compiling) steps; 0: no trace.
+    config.train.profile_steps = 0
 
     # The paper's test protocol for this family (`python -m rectifiers_jax.evaluate` defaults):
     # "center", "10view" or "dense", at these shorter-side scales.

@@ -4,7 +4,9 @@
     WORKDIR/metrics.jsonl     one JSON object per logged step (`append_metrics`, `read_metrics`)
     WORKDIR/status.json       {"status", "step", "message", "pid", "host", "updated"}
                               (`write_status`, `read_status`, `run_state`)
-    WORKDIR/run.lock          held by the run training in the workdir (`WorkdirLock`)
+    WORKDIR/mean.npy          the mean image the run subtracts (0..255 units; absent when none)
+    WORKDIR/class_names.json  one name per output class (`write_inputs`, `read_class_names`)
+    WORKDIR/run.lock          held by the run training in the workdir (`workdir_lock`)
     WORKDIR/eval_<protocol>.json   `python -m rectifiers_jax.evaluate` (`eval_path`)
     WORKDIR/checkpoints/      orbax, see `rectifiers_jax.checkpoints`
     WORKDIR/checkpoints_set_aside/<step>/  newer checkpoints moved aside by a resume from an
@@ -29,11 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +47,8 @@ from etils import epath
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
+MEAN_FILE = "mean.npy"
+CLASS_NAMES_FILE = "class_names.json"
 LOCK_FILE = "run.lock"
 CHECKPOINT_DIR = "checkpoints"
 SET_ASIDE_DIR = "checkpoints_set_aside"
@@ -72,6 +77,16 @@ class RunWriter:
         if self.is_writer:
             with (self.workdir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def write_inputs(self, mean: np.ndarray | None, class_names: Sequence[str]) -> None:
+        """What inference needs beside the config: the mean image and the class names."""
+        if self.is_writer:
+            if mean is not None:
+                buffer = io.BytesIO()
+                np.save(buffer, np.asarray(mean, np.float32))
+                (self.workdir / MEAN_FILE).write_bytes(buffer.getvalue())
+            names = json.dumps(list(class_names)) + "\n"
+            _write_atomically(self.workdir / CLASS_NAMES_FILE, names)
 
     def write_status(self, status: str, step: int, message: str = "") -> None:
         """`status` is one of `STATUSES`; also records who wrote it and when (the heartbeat)."""
@@ -242,15 +257,17 @@ RESUME_SAFE_FIELDS = (
     "train.log_every_steps",
     "train.num_epochs",
     "train.num_steps",
+    "train.profile_steps",
     "train.restore_step",
 )
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"width": 0.5}} -> {"model.width": 0.5} (lists read back as tuples)."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
+            flat |= flat_config(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = lists_to_tuples(value)
     return flat
@@ -261,7 +278,7 @@ def config_drift(saved: dict[str, Any], new: dict[str, Any], allowed: str = "") 
     the config it is resumed with, except `RESUME_SAFE_FIELDS` and the comma-separated
     `allowed` ones. Fields that only one side has (a config of an older version) are skipped."""
     exempt = RESUME_SAFE_FIELDS + tuple(f for f in allowed.replace(" ", "").split(",") if f)
-    old, current = _flat(saved), _flat(new)
+    old, current = flat_config(saved), flat_config(new)
     return [
         f"{key}: {old[key]!r} -> {current[key]!r}"
         for key in sorted(old.keys() & current.keys())
@@ -293,6 +310,18 @@ def require_run_dir(workdir: str | epath.PathLike) -> epath.Path:
             f"{workdir} is not a run directory (no {CONFIG_FILE}; training writes it at start)"
         )
     return path
+
+
+def read_mean(workdir: str | epath.PathLike) -> np.ndarray | None:
+    """The saved mean image (float32, 0..255 units), or None when the run has none saved."""
+    path = epath.Path(workdir) / MEAN_FILE
+    return np.load(io.BytesIO(path.read_bytes())) if path.exists() else None
+
+
+def read_class_names(workdir: str | epath.PathLike) -> tuple[str, ...]:
+    """The saved class names; () for a run saved before they were written."""
+    path = epath.Path(workdir) / CLASS_NAMES_FILE
+    return tuple(json.loads(path.read_text())) if path.exists() else ()
 
 
 def read_config(workdir: str | epath.PathLike) -> dict[str, Any]:

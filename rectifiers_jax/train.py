@@ -29,13 +29,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from etils import epath
 
 from rectifiers_jax import checkpoints, metrics, models, optim, parallel, preemption, run_files
 from rectifiers_jax.data import input_pipeline, mean, preprocessing, sources
 from rectifiers_jax.evaluators.evaluator import PROTOCOLS, Evaluator
 
+# Steps after the start (or resume) before a trace begins: the first ones compile.
+PROFILE_AFTER_STEPS = 3
 # Parameter init uses XLA's RngBitGenerator: it compiles an order of magnitude faster than
 # threefry on the CPU (net14's init: ~45 s -> ~7 s here). The init is replicated, so every
 # device and host computes the same parameters from the same seed.
@@ -129,13 +131,23 @@ def create_train_state(
     return jax.jit(_train_state_init(model, tx, seed, image_size), out_shardings=shardings)()
 
 
-def prelu_slopes(params) -> dict[str, float]:
-    """Mean learned `a` per PReLU layer (the columns of the paper's Table 1)."""
-    return {
-        layer: float(np.mean(jax.device_get(leaves["act"]["a"])))
+def prelu_slopes(params) -> dict[str, np.ndarray]:
+    """Learned `a` of each PReLU layer, flattened ([1] channel-shared, [C] channel-wise);
+    their means are the columns of the paper's Table 1."""
+    slopes = {
+        layer: leaves["act"]["a"]
         for layer, leaves in params.items()
         if isinstance(leaves, dict) and "a" in leaves.get("act", {})
     }
+    return {layer: np.asarray(a).reshape(-1) for layer, a in jax.device_get(slopes).items()}
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
+    """The config as TensorBoard's hparams plugin takes it: flat, scalar values."""
+    flat = {}
+    for key, value in run_files.flat_config(config.to_dict()).items():
+        flat[key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return flat
 
 
 def _resolved(config: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
@@ -159,6 +171,7 @@ def check_train_config(train_config: ml_collections.ConfigDict) -> None:
         ("checkpoint_every_steps", t.checkpoint_every_steps >= 1, "an integer >= 1"),
         ("keep_checkpoints", t.keep_checkpoints >= 1, "an integer >= 1"),
         ("restore_step", t.restore_step >= 0, "an integer >= 0 (0: the latest checkpoint)"),
+        ("profile_steps", t.profile_steps >= 0, "an integer >= 0 (0: no trace)"),
     ]
     for field, valid, expected in rules:
         if not valid:
@@ -241,12 +254,15 @@ class Schedule:
 
 
 def _train_record(
-    train_metrics: dict[str, float], state: TrainState, steps_per_sec: float
+    train_metrics: dict[str, float],
+    slopes: dict[str, np.ndarray],
+    state: TrainState,
+    steps_per_sec: float,
 ) -> dict[str, Any]:
     """metrics.jsonl keys of a logged step (run_files docstring): train/*, dead/*, slope/*."""
     record = {f"train/{k}": v for k, v in train_metrics.items() if "/" not in k}
     record.update({k: v for k, v in train_metrics.items() if "/" in k})
-    record.update({f"slope/{k}": v for k, v in prelu_slopes(state.params).items()})
+    record.update({f"slope/{k}": float(np.mean(a)) for k, a in slopes.items()})
     record["learning_rate"] = float(optim.get_learning_rate(state.opt_state))
     record["steps_per_sec"] = steps_per_sec
     return record
@@ -375,6 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # 3. The run starts (or resumes): from here on its files are written.
         files = run_files.RunWriter(workdir)
         files.write_config(resolved)
+        files.write_inputs(mean_image, info.class_names)
         files.write_status("running", start_step)
         progress = {"step": start_step}
         try:
@@ -428,11 +445,28 @@ def _train_loop(
         mean=mean_image,
         start_step=start_step,
     )
-    # TensorBoard events from process 0; progress lines come from the loop's own log line.
+    # TensorBoard events from process 0 (scalars, PReLU slope histograms, the config as
+    # hparams, so runs and sweep trials compare side by side); progress lines come from the
+    # loop's own log line.
     writer = metric_writers.MultiWriter(
         [metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(files.workdir)))]
         if files.is_writer
         else []
+    )
+    writer.write_hparams(hparams(config))
+    # A trace of `train.profile_steps` steps, after the first (compiling) ones, for TensorBoard's
+    # profile plugin: WORKDIR/plugins/profile/<time>/.
+    profile = (
+        periodic_actions.Profile(
+            logdir=str(files.workdir),
+            num_profile_steps=config.train.profile_steps,
+            profile_duration_ms=None,
+            first_profile=start_step + PROFILE_AFTER_STEPS,
+            every_steps=None,
+            every_secs=None,
+        )
+        if config.train.profile_steps and files.is_writer
+        else None
     )
     num_steps = plan.num_steps
     logging.info(
@@ -468,10 +502,14 @@ def _train_loop(
                 status = "preempted"
                 message = f"stopped at step {step} by {stop.requested or 'a preemption notice'}"
                 break
-            state, step_metrics = train_step(state, parallel.global_batch(next(batches), mesh))
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = parallel.global_batch(next(batches), mesh)
+                state, step_metrics = train_step(state, batch)
             pending.append(step_metrics)
             step += 1
             progress["step"] = step
+            if profile is not None:
+                profile(step)
             record: dict[str, Any] = {}
             # Every checkpoint is preceded by a finiteness check of the steps since the last.
             epoch_end = step in plan.epoch_end_steps
@@ -482,8 +520,10 @@ def _train_loop(
                     now = time.perf_counter()
                     steps_per_sec = (step - timer[1]) / max(now - timer[0], 1e-9)
                     timer = (now, step)
-                    record = _train_record(train_metrics, state, steps_per_sec)
+                    slopes = prelu_slopes(state.params)
+                    record = _train_record(train_metrics, slopes, state, steps_per_sec)
                     _log_progress(record, step, num_steps, plan.epoch(step))
+                    writer.write_histograms(step, {f"slope/{k}": a for k, a in slopes.items()})
                     files.write_status("running", step)  # the heartbeat
             if step in plan.eval_steps:
                 result = evaluate(state.params)

@@ -36,4 +36,10 @@ def test_inspect_run_notebook_executes(tiny_run, monkeypatch):
     assert "of these 16 correct" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the curves and the classified images
-    assert (tiny_run / "curves.png").exists() and (tiny_run / "curves.csv").exists()
+    # The predictor on an image file: three named classes with probabilities.
+    predicted = [line.split() for line in text.splitlines() if line.startswith("          ")]
+    assert len(predicted) == 3 and all(name in "0123456789" for name, _ in predicted)
+    # Outputs go to a temporary directory, never into the run it reads.
+    out_dir = Path(next(line for line in text.splitlines() if line.startswith("outputs: "))[9:])
+    assert (out_dir / "curves.png").exists() and (out_dir / "picture.png").exists()
+    assert not (tiny_run / "curves.png").exists()

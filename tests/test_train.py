@@ -230,3 +230,22 @@ def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(dig
     rates = {r["step"]: r["learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl")}
     # Evaluations at steps 4, 8, 12: the first sets the best, the second drops 0.01 -> 0.001.
     assert rates == pytest.approx({2: 0.01, 4: 0.01, 6: 0.01, 8: 0.01, 10: 0.001, 12: 0.001})
+
+
+@pytest.mark.slow
+def test_profile_hparams_and_slope_histograms_for_tensorboard(digits_dir, tmp_path):
+    config = tiny_config(digits_dir, **{"train.num_steps": 8, "train.profile_steps": 2})
+    train.train_and_evaluate(config, str(tmp_path))
+    # A trace of steps 3..5 for TensorBoard's profile plugin.
+    traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert "_hparams_/session_start_info" in tags  # the config, for the hparams dashboard
+    layers = models.activated_layers(models.from_config(config.model, 10))
+    assert {f"slope/{layer}" for layer in layers} <= tags  # a histogram per PReLU layer
+    histogram = events.Tensors("slope/conv1")[-1]
+    assert histogram.step == 8
