@@ -11,6 +11,11 @@ A sweep config is a Python file whose `get_sweep()` returns a ConfigDict with
   axes:        ordered {config key path: [values]}; the trials are the Cartesian product, first
                axis slowest (`ConfigDict(..., allow_dotted_keys=True, sort_keys=False)`);
   fixed:       optional {config key path: value} for every trial;
+  variants:    optional ordered {name: {config key path: value, ...}}: a leading axis whose values
+               set several keys at once (e.g. Table 2's rows: an activation and its init), named
+               `variant=<name>` in trial names;
+  claims:      optional claims to test with seeds as replicates, written before any run
+               (rectifiers_jax.analysis.replicates; copied into sweep.json);
   tpu, slurm:  optional options of launch/tpu_pod.sh and launch/gpu_slurm.sh, e.g.
                {"zone": "us-central2-b", "queued": True} -> `--zone us-central2-b --queued`.
 
@@ -59,6 +64,8 @@ class Sweep:
     fixed: dict[str, Any]
     tpu: dict[str, Any]
     slurm: dict[str, Any]
+    claims: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +132,11 @@ def load_sweep(path: str, sweep_dir: str | None = None) -> Sweep:
     if not axes or not all(axes.values()):
         raise ValueError(f"{path}: `axes` needs at least one key, each with at least one value")
     fixed = {key: _plain(value) for key, value in (config.get("fixed") or {}).items()}
-    both = sorted(set(axes) & set(fixed))
+    variants = {name: _plain(keys) for name, keys in (config.get("variants") or {}).items()}
+    varied = {key for keys in variants.values() for key in keys}
+    both = sorted((set(axes) | varied) & set(fixed) | set(axes) & varied)
     if both:
-        raise ValueError(f"{path}: {', '.join(both)} both swept and fixed")
+        raise ValueError(f"{path}: {', '.join(both)} set by more than one of axes/variants/fixed")
     return Sweep(
         source=path,
         base_config=config.base_config,
@@ -136,6 +145,8 @@ def load_sweep(path: str, sweep_dir: str | None = None) -> Sweep:
         fixed=fixed,
         tpu=_plain(config.get("tpu")) or {},
         slurm=_plain(config.get("slurm")) or {},
+        claims=[_plain(claim) for claim in config.get("claims") or ()],
+        variants=variants,
     )
 
 
@@ -170,6 +181,10 @@ def check_overrides(sweep: Sweep) -> None:
     config.lock()
     for key, value in sweep.fixed.items():
         _assign(config, key, value)
+    for keys in sweep.variants.values():
+        for key, value in keys.items():
+            format_value(value)
+            _assign(config, key, value)
     for key, values in sweep.axes.items():
         for value in values:
             format_value(value)
@@ -191,12 +206,19 @@ def _name_value(value: Any) -> str:
 
 
 def expand(sweep: Sweep) -> list[Trial]:
-    """The grid's trials in order (first axis slowest), named like `init=xavier,init_scale=0.25`."""
+    """The grid's trials in order (variants, then the first axis, slowest), named like
+    `init=xavier,init_scale=0.25` or `variant=prelu,seed=0`."""
     labels = axis_labels(list(sweep.axes))
+    variants = sweep.variants or {"": {}}
+    grid = itertools.product(variants.items(), itertools.product(*sweep.axes.values()))
     trials = []
-    for index, values in enumerate(itertools.product(*sweep.axes.values())):
-        overrides = dict(zip(sweep.axes, values, strict=True))
-        name = ",".join(f"{labels[key]}={_name_value(v)}" for key, v in overrides.items())
+    for index, ((variant, variant_keys), values) in enumerate(grid):
+        swept = dict(zip(sweep.axes, values, strict=True))
+        overrides = {**variant_keys, **swept}
+        name = ",".join(
+            ([f"variant={variant}"] if variant else [])
+            + [f"{labels[key]}={_name_value(v)}" for key, v in swept.items()]
+        )
         workdir = posixpath.join(sweep.sweep_dir, name)
         config_args = override_args({**sweep.fixed, **overrides})
         command = ["python", "-m", "rectifiers_jax.main", f"--config={sweep.base_config}"]
@@ -301,6 +323,8 @@ def write_records(sweep: Sweep, trials: Sequence[Trial]) -> None:
         "labels": axis_labels(list(sweep.axes)),
         "fixed": sweep.fixed,
         "trials": [{"name": t.name, "index": t.index, "overrides": t.overrides} for t in trials],
+        "variants": sweep.variants,
+        "claims": sweep.claims,
     }
     (epath.Path(sweep.sweep_dir) / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
 

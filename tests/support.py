@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -184,3 +185,26 @@ def tiny_photos_builder():
                 yield i, {"image": photo(name, flip=i % 2 == 1), "label": classes.index(name)}
 
     return TinyPhotos
+
+
+def write_run(workdir: str, status: str | None, metrics: list[dict], num_classes: int | None):
+    """A fabricated run directory: status.json, a config naming its class count, metrics."""
+    path = Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    if status:
+        (path / "status.json").write_text(json.dumps({"status": status, "step": 0, "message": ""}))
+    (path / "config.json").write_text(json.dumps({"model": {"num_classes": num_classes}}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+
+
+def history(epochs: list[float], errors: list[float], losses: list[float]) -> list[dict]:
+    """Train lines every half epoch (20 steps per epoch) and an eval line at each of `epochs`."""
+    records = []
+    for epoch, error, loss in zip(epochs, errors, losses, strict=True):
+        step = int(epoch * 20)
+        records.append({"step": step - 10, "epoch": epoch - 0.5, "train/loss": loss + 0.1})
+        records.append({"step": step, "epoch": epoch, "train/loss": loss})
+        records.append(
+            {"step": step, "epoch": epoch, "eval/top1_error": error, "eval/top5_error": error / 3}
+        )
+    return records

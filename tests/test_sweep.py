@@ -350,3 +350,17 @@ def test_dead_trials_rerun_live_ones_do_not(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"# skip {trials[1].name} (running)" in out
     assert f"# skip {trials[0].name}" not in out and "--workdir=" + trials[0].workdir in out
+
+
+def test_variants_set_several_keys_and_lead_the_trial_names():
+    sweep = sweep_lib.load_sweep("configs/sweeps/cpu_table2.py")
+    trials = sweep_lib.expand(sweep)
+    assert len(trials) == 6 * 5
+    assert [t.name for t in trials[:2]] == ["variant=relu,seed=0", "variant=relu,seed=1"]
+    lrelu = next(t for t in trials if t.name == "variant=lrelu_0.25,seed=3")
+    assert lrelu.overrides == {"model.activation": "lrelu", "model.lrelu_slope": 0.25, "seed": 3}
+    assert lrelu.config_args == [
+        "--config.model.activation=lrelu", "--config.model.lrelu_slope=0.25", "--config.seed=3"
+    ]  # fmt: skip
+    sweep_lib.check_overrides(sweep)  # every variant's keys exist in the base config
+    assert [claim["lower"] for claim in sweep.claims][0] == {"model.activation": "prelu"}

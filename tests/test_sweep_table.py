@@ -9,35 +9,13 @@ import math
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import history, run_cli, write_run
 
 from launch import sweep as sweep_lib
 from rectifiers_jax import run_files
 from rectifiers_jax.analysis import sweep_table
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_run(workdir: str, status: str | None, metrics: list[dict], num_classes: int | None):
-    path = Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    if status:
-        (path / "status.json").write_text(json.dumps({"status": status, "step": 0, "message": ""}))
-    (path / "config.json").write_text(json.dumps({"model": {"num_classes": num_classes}}))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-
-
-def history(epochs: list[float], errors: list[float], losses: list[float]) -> list[dict]:
-    """Train lines every half epoch (20 steps per epoch) and an eval line at each of `epochs`."""
-    records = []
-    for epoch, error, loss in zip(epochs, errors, losses, strict=True):
-        step = int(epoch * 20)
-        records.append({"step": step - 10, "epoch": epoch - 0.5, "train/loss": loss + 0.1})
-        records.append({"step": step, "epoch": epoch, "train/loss": loss})
-        records.append(
-            {"step": step, "epoch": epoch, "eval/top1_error": error, "eval/top5_error": error / 3}
-        )
-    return records
 
 
 @pytest.fixture

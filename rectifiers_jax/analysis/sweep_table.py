@@ -1,6 +1,7 @@
 """One table of a sweep's trials: overrides, final metrics and outcome; error against init scale.
 
     python -m rectifiers_jax.analysis.sweep_table runs/sweeps/init_variance
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/table2_cpu --replicate_key=seed
 
 Reads SWEEP_DIR/sweep.json (written by `python -m launch.sweep`) and each trial's workdir; writes
 SWEEP_DIR/sweep_table.md, sweep_table.csv and sweep_error_vs_scale.png, and prints the Markdown.
@@ -15,6 +16,10 @@ Outcome of a trial, first match wins:
   missing   no status.json yet (never started).
 num_classes comes from the trial's config.json (`model.num_classes`, else `data.num_classes`), else
 a `num_classes` key in its metrics, else `--num_classes`; without it no trial is called stalled.
+
+With `--replicate_key=seed`, trials that differ only in the seed are one arm: the arms' mean,
+std and 95% interval go to sweep_arms.md/.csv, and the sweep's pre-registered claims, judged by
+their rules (`analysis.replicates`), to sweep_claims.md.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class TrialResult:
     top5_error: float | None
     train_loss: float | None
     num_classes: int | None
+    # (epoch, eval top-1 error %) of every evaluation, in order.
+    evals: tuple[tuple[float, float], ...] = ()
 
 
 def _num_classes(
@@ -106,6 +113,11 @@ def read_trial(
     num_classes = _num_classes(run_files.read_config(workdir), metrics, num_classes)
     status = run_files.run_state(workdir).get("status", "missing")
     losses = [r["train/loss"] for r in metrics if "train/loss" in r]
+    evals = tuple(
+        (float(r["epoch"]), float(r["eval/top1_error"]))
+        for r in metrics
+        if "eval/top1_error" in r and "epoch" in r
+    )
     return TrialResult(
         name=name,
         overrides=overrides,
@@ -118,6 +130,7 @@ def read_trial(
         top5_error=last_eval.get("eval/top5_error"),
         train_loss=losses[-1] if losses else None,
         num_classes=num_classes,
+        evals=evals,
     )
 
 
@@ -226,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scale_key", default=SCALE_KEY, help="axis on the plot's x (default %(default)s)"
     )
+    parser.add_argument(
+        "--replicate_key", help="axis whose values are replicates (e.g. seed): arms and claims"
+    )
     args = parser.parse_args(argv)
     summary, results = read_sweep(
         args.sweep_dir,
@@ -250,7 +266,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {', '.join(written)} in {args.sweep_dir}")
     if not plotted:
         print(f"no {args.scale_key} axis in this sweep: no plot")
+    if args.replicate_key:
+        write_replicates(root, summary, results, args.replicate_key)
     return cli.EXIT_DONE
+
+
+def write_replicates(
+    root: epath.Path,
+    summary: dict[str, Any],
+    results: Sequence[TrialResult],
+    replicate_key: str,
+) -> None:
+    """The arms table and the claims' verdicts (seeds as replicates), printed and written."""
+    from rectifiers_jax.analysis import replicates  # scipy: only when replicates are asked for
+
+    claims = summary.get("claims") or []
+    arms = replicates.arms(summary, results, replicate_key)
+    arm_rows = replicates.arm_rows(arms, claims)
+    arms_md = tables.markdown_table(arm_rows)
+    (root / "sweep_arms.md").write_text(arms_md + "\n")
+    (root / "sweep_arms.csv").write_text(tables.csv_text(arm_rows))
+    print(f"\narms ({replicate_key} as replicates; mean ± std [95% t-interval]):\n{arms_md}")
+    verdicts = [replicates.judge(claim, arms) for claim in claims]
+    claims_md = tables.markdown_table(verdicts, header=("claim", "verdict", "evidence"))
+    (root / "sweep_claims.md").write_text(claims_md + "\n")
+    print(f"\nclaims (rules fixed before the runs):\n{claims_md}")
+    print(f"wrote sweep_arms.md, sweep_arms.csv, sweep_claims.md in {root}")
 
 
 if __name__ == "__main__":
