@@ -314,8 +314,9 @@ def test_cli_errors_are_one_line(tmp_path):
     [
         ("init_variance.py", 72),
         ("cpu_smoke.py", 4),
-        ("cpu_figures.py:fig2", 6),
-        ("cpu_figures.py:fig3", 6),
+        ("cpu_figures.py:fig2", 10),
+        ("cpu_table2.py", 30),
+        ("cpu_figures.py:fig3", 10),
     ],
 )
 def test_shipped_sweeps_expand_against_their_base_config(monkeypatch, name, count):
@@ -334,7 +335,7 @@ def test_cpu_figures_sweep_runs_the_papers_inits_on_the_right_model(monkeypatch)
         trials = sweep_lib.expand(sweep_lib.load_sweep(f"configs/sweeps/cpu_figures.py:{figure}"))
         assert {t.command[3] for t in trials} == {f"--config=configs/cpu.py:model={model}"}
         assert [t.name for t in trials[:2]] == [f"init={he_init},seed=0", f"init={he_init},seed=1"]
-        assert trials[-1].workdir == f"runs/sweeps/{figure}_cpu/init=xavier,seed=2"
+        assert trials[-1].workdir == f"runs/sweeps/{figure}_cpu/init=xavier,seed=4"
     with pytest.raises(ValueError, match="'fig4' is not one of fig2, fig3"):
         sweep_lib.load_sweep("configs/sweeps/cpu_figures.py:fig4")
 
