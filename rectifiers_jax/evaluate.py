@@ -4,7 +4,8 @@
         [--scales=256,384,480] [--split=validation] [--step=N] [--batch_size=B]
         [--max_aspect=1.3333] [--data_dir=DIR]
 
-Defaults come from the run's `config.eval` (protocol, scales), `config.data.eval_split` and
+Defaults come from the run's `config.eval.protocol`, its scales (`config.eval.scales` for dense,
+the single `config.data.eval_resize` for centre and 10-view, as in the paper), `eval_split` and
 `config.train.eval_batch_size`; the latest checkpoint is used unless `--step` is given. Prints a
 table and writes `RUN/eval_<protocol>.json` (keys: `protocol`, `scales`, `split`, `step`,
 `top1_error`, `top5_error` (percent), `loss` (NLL of the averaged softmax), `num_examples`, and
@@ -112,7 +113,10 @@ def evaluate_run(
         raise UsageError(f"--protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
     image_size = int(config.data.image_size)
     if scales is None:
-        scales = eval_config.get("scales", (config.data.eval_resize,))
+        # Dense testing is multi-scale (config.eval.scales); the paper's centre and 10-view
+        # tests are single-scale, at the evaluation resize.
+        dense_scales = eval_config.get("scales", (config.data.eval_resize,))
+        scales = dense_scales if protocol == "dense" else (config.data.eval_resize,)
     if not isinstance(scales, str):
         scales = ",".join(str(s) for s in scales)
     scales = parse_scales(scales, image_size)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pathlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from configs import default
-from rectifiers_jax import cli
+from rectifiers_jax import checkpoints, cli, models
 
 
 def tiny_config(data_dir: str | Path, **overrides: Any) -> ml_collections.ConfigDict:
@@ -208,3 +211,42 @@ def history(epochs: list[float], errors: list[float], losses: list[float]) -> li
             {"step": step, "epoch": epoch, "eval/top1_error": error, "eval/top5_error": error / 3}
         )
     return records
+
+
+def synthetic_params(model: models.SPPNet, image_size: int = 80, seed: int = 0) -> dict:
+    """He-normal kernels, zero biases, `a` = 0.25, from the shapes alone (no init compile)."""
+    shapes = jax.eval_shape(
+        lambda: models.init_params(model, jax.random.key(0, impl="rbg"), image_size)
+    )
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            std = math.sqrt(2.0 / math.prod(leaf.shape[:-1]))
+            return rng.normal(0.0, std, leaf.shape).astype(np.float32)
+        return np.full(leaf.shape, 0.25 if name == "a" else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def fabricate_run(
+    workdir: Path,
+    config: ml_collections.ConfigDict,
+    params: dict | None = None,
+    metrics: list[dict] = (),
+    status: dict | None = None,
+    step: int = 10,
+) -> Path:
+    """A run directory as training leaves it; the checkpoint holds {"params": params}."""
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json())
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    if status is not None:
+        (workdir / "status.json").write_text(json.dumps(status))
+    if params is not None:
+        with checkpoints.Checkpointer(
+            workdir, save_every_steps=1, keep=1, async_save=False
+        ) as ckpt:
+            ckpt.save(step, {"params": jax.tree.map(jnp.asarray, params)}, {}, force=True)
+    return workdir

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 import support
-from support import run_cli
+from support import fabricate_run, run_cli, synthetic_params
 
 from configs import default
 from rectifiers_jax import checkpoints, models
@@ -33,45 +32,6 @@ def tiny_config(data_dir: str | Path, **model: Any) -> ml_collections.ConfigDict
     config = support.tiny_config(data_dir, **{"train.num_steps": 4})
     config.model.update(model)
     return config
-
-
-def synthetic_params(model: models.SPPNet, image_size: int = 80, seed: int = 0) -> dict:
-    """He-normal kernels, zero biases, `a` = 0.25, from the shapes alone (no init compile)."""
-    shapes = jax.eval_shape(
-        lambda: models.init_params(model, jax.random.key(0, impl="rbg"), image_size)
-    )
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            std = math.sqrt(2.0 / math.prod(leaf.shape[:-1]))
-            return rng.normal(0.0, std, leaf.shape).astype(np.float32)
-        return np.full(leaf.shape, 0.25 if name == "a" else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def fabricate_run(
-    workdir: Path,
-    config: ml_collections.ConfigDict,
-    params: dict | None = None,
-    metrics: list[dict] = (),
-    status: dict | None = None,
-    step: int = 10,
-) -> Path:
-    """A run directory as training leaves it; the checkpoint holds {"params": params}."""
-    workdir.mkdir(parents=True)
-    (workdir / "config.json").write_text(config.to_json())
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    if status is not None:
-        (workdir / "status.json").write_text(json.dumps(status))
-    if params is not None:
-        with checkpoints.Checkpointer(
-            workdir, save_every_steps=1, keep=1, async_save=False
-        ) as ckpt:
-            ckpt.save(step, {"params": jax.tree.map(jnp.asarray, params)}, {}, force=True)
-    return workdir
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

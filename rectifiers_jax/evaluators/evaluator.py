@@ -12,13 +12,14 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rectifiers_jax import metrics, models, parallel
 from rectifiers_jax.data import input_pipeline
@@ -138,14 +139,13 @@ class Evaluator:
         self.probs_fn = _jitted_probs(model, protocol, window, mesh)
         self.step_sums, self.add = _jitted_sums(len(self.scales), mesh)
 
-    def __call__(self, params: Any) -> dict[str, Any]:
-        """`loss`, `top1_error`, `top5_error` (percent), `num_examples`, for dense
-        `cropped_images`; with several scales also `per_scale` {str(scale): the same keys}."""
+    def _steps(self, params: Any) -> Iterator[tuple[list[jax.Array], dict, list | None]]:
+        """Per step: (softmax per scale [B, K], {"label", "mask"} [B], dense crops or None), all
+        global arrays sharded over the batch."""
         mesh, scales = self.mesh, self.scales
         inputs_keys = ("image", "sizes") if self.protocol == "dense" else ("image",)
         num_steps = self.inputs[0].num_steps
         log_every = max(1, num_steps // 10)
-        totals = None
         start = time.perf_counter()
         steps = zip(*(s.batches for s in self.inputs), strict=True)
         for step, batches in enumerate(steps, start=1):
@@ -167,13 +167,20 @@ class Evaluator:
             cropped = None
             if self.protocol == "dense":
                 cropped = [parallel.global_batch({"c": b["cropped"]}, mesh)["c"] for b in batches]
-            sums = self.step_sums(probs, labels["label"], labels["mask"], cropped)
-            totals = sums if totals is None else self.add(totals, sums)
+            yield probs, labels, cropped
             if self.log_progress and (step % log_every == 0 or step == num_steps):
                 elapsed = time.perf_counter() - start
                 logging.info(
                     "%s evaluation: step %d/%d (%.1f s)", self.protocol, step, num_steps, elapsed
                 )
+
+    def __call__(self, params: Any) -> dict[str, Any]:
+        """`loss`, `top1_error`, `top5_error` (percent), `num_examples`, for dense
+        `cropped_images`; with several scales also `per_scale` {str(scale): the same keys}."""
+        totals = None
+        for probs, labels, cropped in self._steps(params):
+            sums = self.step_sums(probs, labels["label"], labels["mask"], cropped)
+            totals = sums if totals is None else self.add(totals, sums)
         if totals is None:
             raise ValueError(f"split {self.split!r} gave no evaluation steps")
         totals = jax.tree.map(float, jax.device_get(totals))
@@ -185,8 +192,30 @@ class Evaluator:
             return result
 
         result = summary(totals["all"])
-        if len(scales) > 1:
+        if len(self.scales) > 1:
             result["per_scale"] = {
-                str(scale): summary(totals[f"scale{i}"]) for i, scale in enumerate(scales)
+                str(scale): summary(totals[f"scale{i}"]) for i, scale in enumerate(self.scales)
             }
         return result
+
+    def probabilities(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(softmax float32 [N, K] averaged over the scales, labels int32 [N]) of every example
+        of the split, in its storage order, on every process (for combining models)."""
+        processes = jax.process_count()
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(processes)]
+        for probs, labels, _ in self._steps(params):
+            mean = sum(probs) / len(probs)
+            rows = [
+                multihost_utils.process_allgather(x, tiled=True) for x in (mean, *labels.values())
+            ]
+            p, label, mask = (np.asarray(r) for r in rows)
+            # Global rows are each process's local rows in process order; every process's part
+            # of the split is contiguous in storage order.
+            per = len(label) // processes
+            for i in range(processes):
+                keep = mask[i * per : (i + 1) * per]
+                parts[i].append(
+                    (p[i * per : (i + 1) * per][keep], label[i * per : (i + 1) * per][keep])
+                )
+        pairs = [pair for process in parts for pair in process]
+        return np.concatenate([q for q, _ in pairs]), np.concatenate([y for _, y in pairs])
