@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from support import tiny_config
@@ -249,3 +251,39 @@ def test_profile_hparams_and_slope_histograms_for_tensorboard(digits_dir, tmp_pa
     assert {f"slope/{layer}" for layer in layers} <= tags  # a histogram per PReLU layer
     histogram = events.Tensors("slope/conv1")[-1]
     assert histogram.step == 8
+
+
+def test_compiled_step_has_one_gradient_all_reduce_and_no_host_transfer():
+    """Data parallelism as it should lower: the gradients of every layer are summed across the 8
+    devices by one (combined) all-reduce, or one reduce-scatter + all-gather, per step; nothing
+    leaves the devices inside the step."""
+    mesh = parallel.create_mesh()
+    model = models.build("net14", width=0.0625, num_classes=10, activation="prelu")
+    tx = optim.momentum_sgd(0.01, weight_decay=5e-4)
+    state = train.abstract_train_state(model, tx, 0, 80, mesh)
+    sharded = parallel.batch_sharded(mesh)
+    batch = {
+        "image": jax.ShapeDtypeStruct((16, 80, 80, 3), jnp.float32, sharding=sharded),
+        "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=sharded),
+    }
+    step = jax.jit(
+        train.make_train_step(model, tx, 0),
+        in_shardings=(parallel.replicated(mesh), sharded),
+        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    hlo = step.lower(state, batch).compile().as_text()
+    pattern = re.compile(r" (all-reduce|reduce-scatter|all-gather)(-start)?\(")
+    collectives = [line for line in hlo.splitlines() if pattern.search(line)]
+    # Operands are named, so a shape on a collective's line is its result's: any kernel's shape
+    # marks a collective that carries gradients.
+    kernels = {
+        f"f32[{','.join(map(str, leaf.shape))}]"
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)
+        if path[-1].key == "kernel"
+    }
+    gradient = [line for line in collectives if any(k in line for k in kernels)]
+    kinds = sorted(pattern.search(line).group(1) for line in gradient)
+    assert kinds in (["all-reduce"], ["all-gather", "reduce-scatter"]), "\n".join(collectives)
+    for op in ("infeed", "outfeed", " send(", " recv(", "host_callback", "xla_python"):
+        assert op not in hlo, op
