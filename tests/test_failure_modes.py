@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -233,17 +232,21 @@ def test_an_interrupted_run_says_failed_not_running(digits_dir, tmp_path, monkey
 # A failed save; damaged checkpoints; resuming from an older step
 
 
-def _small_files_only():
-    # 100 KiB: config, status and metrics fit; the checkpoint's arrays do not. Python ignores
-    # SIGXFSZ, so a write past the limit fails with EFBIG ("File too large"), as on a full disk.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))
-
-
 @pytest.mark.slow
 def test_a_failed_save_ends_the_run_with_one_line_and_status_failed(digits_dir, tmp_path):
     workdir = tmp_path / "run"
     args = ["--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4"]
-    run = start(command(workdir, digits_dir, *args), preexec_fn=_small_files_only)
+    # Files of 100 KiB at most: config, status and metrics fit; the checkpoint's arrays do not.
+    # Python ignores SIGXFSZ, so a longer write fails with EFBIG ("File too large"), as on a
+    # full disk. (ulimit in a shell, not preexec_fn: forking this threaded process is unsafe.)
+    argv = [
+        "bash",
+        "-c",
+        'ulimit -f 100 && exec "$@"',
+        "bash",
+        *command(workdir, digits_dir, *args),
+    ]
+    run = start(argv)
     code, err = finish(run, timeout=300)
     assert code == cli.EXIT_FAILURE, err[-3000:]
     last = err.strip().splitlines()[-1]
