@@ -250,3 +250,32 @@ def fabricate_run(
         ) as ckpt:
             ckpt.save(step, {"params": jax.tree.map(jnp.asarray, params)}, {}, force=True)
     return workdir
+
+
+def write_sweep_config(
+    tmp_path: Path, axes: dict, *, base: str, fixed: dict | None = None, claims=None,
+    tpu: dict | None = None, name: str = "sweep_config.py",
+) -> str:  # fmt: skip
+    """A sweep config file (launch.sweep's format) whose trials go to `tmp_path/sweep`."""
+    path = tmp_path / name
+    lines = [
+        "import ml_collections",
+        "",
+        "def get_sweep():",
+        "    s = ml_collections.ConfigDict()",
+        f"    s.base_config = {base!r}",
+        f"    s.sweep_dir = {str(tmp_path / 'sweep')!r}",
+        f"    s.axes = ml_collections.ConfigDict({axes!r}, allow_dotted_keys=True,"
+        " sort_keys=False)",
+    ]
+    if fixed is not None:
+        lines.append(
+            f"    s.fixed = ml_collections.ConfigDict({fixed!r}, allow_dotted_keys=True,"
+            " sort_keys=False)"
+        )
+    if claims is not None:
+        lines.append(f"    s.claims = {claims!r}")
+    if tpu is not None:
+        lines.append(f"    s.tpu = ml_collections.ConfigDict({tpu!r})")
+    path.write_text("\n".join([*lines, "    return s", ""]))
+    return str(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from support import history, write_run
+from support import history, write_run, write_sweep_config
 
 from launch import sweep as sweep_lib
 from rectifiers_jax.analysis import replicates, sweep_table
@@ -33,19 +33,13 @@ CLAIMS = [
 
 @pytest.fixture
 def sweep_dir(tmp_path) -> Path:
-    config = tmp_path / "sweep_config.py"
-    config.write_text(
-        "import ml_collections\n\n"
-        "def get_sweep():\n"
-        "    s = ml_collections.ConfigDict()\n"
-        f"    s.base_config = {str(REPO / 'configs' / 'default.py')!r}\n"
-        f"    s.sweep_dir = {str(tmp_path / 'sweep')!r}\n"
-        "    s.axes = ml_collections.ConfigDict({'model.activation': ['relu', 'prelu', 'lrelu'],"
-        " 'seed': [0, 1, 2]}, allow_dotted_keys=True, sort_keys=False)\n"
-        f"    s.claims = {CLAIMS!r}\n"
-        "    return s\n"
+    config = write_sweep_config(
+        tmp_path,
+        {"model.activation": ["relu", "prelu", "lrelu"], "seed": [0, 1, 2]},
+        base=str(REPO / "configs" / "default.py"),
+        claims=CLAIMS,
     )
-    sweep = sweep_lib.load_sweep(str(config))
+    sweep = sweep_lib.load_sweep(config)
     trials = sweep_lib.expand(sweep)
     sweep_lib.write_records(sweep, trials)
     for trial in trials:

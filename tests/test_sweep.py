@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import support
 from absl import flags
 from ml_collections import config_flags
 from support import run_cli
@@ -31,21 +32,14 @@ FIXED = {"train.num_steps": 3, "model.spp_levels": (4, 2, 1)}
 
 
 def write_sweep_config(tmp_path: Path, axes=None, fixed=None, name="sweep_config.py") -> str:
-    path = tmp_path / name
-    path.write_text(
-        "import ml_collections\n\n"
-        "def get_sweep():\n"
-        "    s = ml_collections.ConfigDict()\n"
-        f"    s.base_config = {BASE!r}\n"
-        f"    s.sweep_dir = {str(tmp_path / 'sweep')!r}\n"
-        f"    s.axes = ml_collections.ConfigDict({axes or AXES!r}, allow_dotted_keys=True,"
-        " sort_keys=False)\n"
-        f"    s.fixed = ml_collections.ConfigDict({FIXED if fixed is None else fixed!r},"
-        " allow_dotted_keys=True, sort_keys=False)\n"
-        "    s.tpu = ml_collections.ConfigDict({'zone': 'us-central2-b', 'accelerator': 'v4-8'})\n"
-        "    return s\n"
+    return support.write_sweep_config(
+        tmp_path,
+        axes or AXES,
+        base=BASE,
+        fixed=FIXED if fixed is None else fixed,
+        tpu={"zone": "us-central2-b", "accelerator": "v4-8"},
+        name=name,
     )
-    return str(path)
 
 
 def write_status(workdir: str, status: str) -> None:

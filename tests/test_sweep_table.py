@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from support import history, run_cli, write_run
+from support import history, run_cli, write_run, write_sweep_config
 
 from launch import sweep as sweep_lib
 from rectifiers_jax import run_files
@@ -20,18 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def sweep_dir(tmp_path) -> Path:
-    config = tmp_path / "sweep_config.py"
-    config.write_text(
-        "import ml_collections\n\n"
-        "def get_sweep():\n"
-        "    s = ml_collections.ConfigDict()\n"
-        f"    s.base_config = {str(REPO / 'configs' / 'default.py')!r}\n"
-        f"    s.sweep_dir = {str(tmp_path / 'sweep')!r}\n"
-        "    s.axes = ml_collections.ConfigDict({'model.init': ['he_fan_in', 'xavier'],"
-        " 'model.init_scale': [0.25, 1.0, 4.0]}, allow_dotted_keys=True, sort_keys=False)\n"
-        "    return s\n"
+    config = write_sweep_config(
+        tmp_path,
+        {"model.init": ["he_fan_in", "xavier"], "model.init_scale": [0.25, 1.0, 4.0]},
+        base=str(REPO / "configs" / "default.py"),
     )
-    sweep = sweep_lib.load_sweep(str(config))
+    sweep = sweep_lib.load_sweep(config)
     trials = {t.name: t.workdir for t in sweep_lib.expand(sweep)}
     sweep_lib.write_records(sweep, list(sweep_lib.expand(sweep)))
     # He at 1/4 variance: finished but never left chance (like Xavier's net30 in Fig. 3).
