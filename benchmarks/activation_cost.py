@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
             out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
             donate_argnums=0,
+            compiler_options=parallel.compiler_options(),
         )
         state = train.create_train_state(model, tx, 0, args.image_size, mesh)
         state, metrics = step(state, batch)  # compile outside the timing

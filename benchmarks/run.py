@@ -124,6 +124,7 @@ class JaxTrain:
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
             out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
             donate_argnums=0,
+            compiler_options=parallel.compiler_options(),
         )
         start = time.perf_counter()
         lowered = jitted.lower(self.state, batch)
@@ -151,6 +152,7 @@ class JaxEval:
             lambda params, images: jax.nn.softmax(model.apply({"params": params}, images)),
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
             out_shardings=parallel.batch_sharded(mesh),
+            compiler_options=parallel.compiler_options(),
         )
 
     def run(self, steps: int) -> None:

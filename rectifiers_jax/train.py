@@ -437,6 +437,7 @@ def _train_loop(
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
         out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=parallel.compiler_options(),
     )
     batches = input_pipeline.train_iterator(
         config.data,

@@ -52,7 +52,10 @@ def _jitted_probs(
         probs_fn = lambda params, batch: views.predict_probs(model, params, batch["image"])
     sharded = parallel.batch_sharded(mesh)
     return jax.jit(
-        probs_fn, in_shardings=(parallel.replicated(mesh), sharded), out_shardings=sharded
+        probs_fn,
+        in_shardings=(parallel.replicated(mesh), sharded),
+        out_shardings=sharded,
+        compiler_options=parallel.compiler_options(),
     )
 
 
