@@ -220,8 +220,28 @@ class DenseLayer(Layer):
         return self.respond(x @ kernel.astype(x.dtype))
 
 
+def tiled_max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
+    """Unpadded `window x window` max pool at stride `window`, NHWC, as a reshape and a max.
+
+    The values equal `nn.max_pool`'s; the gradient splits ties evenly among a tile's maxima
+    instead of sending it to the first one. XLA:CPU expands the gradient of a strided max pool
+    (select-and-scatter) into iotas, an argmax reduce-window and a scatter (about 20% of net14's
+    train step at batch 32); this one is element-wise.
+    """
+    batch, height, width, channels = x.shape
+    rows, cols = height // window, width // window
+    tiles = x[:, : rows * window, : cols * window].reshape(
+        batch, rows, window, cols, window, channels
+    )
+    return tiles.max(axis=(2, 4))
+
+
 class PoolLayer(nn.Module):
-    """Max or average pooling over `window x window` with the given stride, NHWC."""
+    """Max or average pooling over `window x window` with the given stride, NHWC.
+
+    Unpadded max pools whose windows tile the map (stride = window, as in every model here) run
+    as `tiled_max_pool`.
+    """
 
     window: int
     stride: int
@@ -230,5 +250,7 @@ class PoolLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if self.kind == "max" and self.window == self.stride and self.padding == 0:
+            return tiled_max_pool(x, self.window)
         pool = {"max": nn.max_pool, "avg": nn.avg_pool}[self.kind]
         return pool(x, (self.window,) * 2, (self.stride,) * 2, symmetric_padding(self.padding))

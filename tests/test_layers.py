@@ -1,4 +1,4 @@
-"""PReLU, LeakyReLU and spatial pyramid pooling against NumPy references written here.
+"""PReLU, LeakyReLU, spatial pyramid pooling and max pooling against references written here.
 
 References (PAPER.md Sec. 1 and 3): f(y) = y if y > 0 else a*y; df/dy = 1 if y > 0 else a (so
 the derivative at exactly 0 is `a`); dE/da = sum over y <= 0 of dE/df * y, also summed over
@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rectifiers_jax.layers import LeakyReLU, PReLU, ReLU, SpatialPyramidPooling, spp_bin_edges
+from rectifiers_jax.layers import (
+    LeakyReLU,
+    PoolLayer,
+    PReLU,
+    ReLU,
+    SpatialPyramidPooling,
+    spp_bin_edges,
+    tiled_max_pool,
+)
 
 CHANNELS = 8
 MODES = ("spp_net", "adaptive")
@@ -320,3 +329,37 @@ def test_spp_bfloat16_input():
     # max is exact: equal to the reference on the same (bf16-representable) values
     ref = spp_reference(np.asarray(x, np.float32), (6, 3, 2, 1), "spp_net")
     np.testing.assert_array_equal(np.asarray(out, np.float32), ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Max pooling with tiling windows
+
+
+@pytest.mark.parametrize("height, width, window", [(109, 109, 3), (36, 35, 2), (7, 9, 3)])
+def test_tiled_max_pool_matches_flax_max_pool_values_and_untied_gradients(height, width, window):
+    # distinct values: no ties, so the gradients agree exactly too
+    x = jnp.asarray(
+        np.random.default_rng(0).permutation(2 * height * width * 3).reshape(2, height, width, 3),
+        jnp.float32,
+    )
+    ours = tiled_max_pool(x, window)
+    flax_pool = nn.max_pool(x, (window, window), (window, window), "VALID")
+    np.testing.assert_array_equal(ours, flax_pool)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(ours.shape), jnp.float32)
+    grad = jax.vjp(lambda x: tiled_max_pool(x, window), x)[1](g)[0]
+    grad_flax = jax.vjp(lambda x: nn.max_pool(x, (window,) * 2, (window,) * 2, "VALID"), x)[1](g)
+    np.testing.assert_array_equal(grad, grad_flax[0])
+
+
+def test_tiled_max_pool_splits_a_tied_gradient_evenly():
+    x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(-1.0)  # three tied maxima of 0
+    grad = jax.grad(lambda x: tiled_max_pool(x, 2).sum())(x)
+    np.testing.assert_allclose(grad[0, :, :, 0], [[1 / 3, 1 / 3], [1 / 3, 0]])
+
+
+@pytest.mark.parametrize("window, stride, padding", [(2, 2, 0), (3, 3, 0), (3, 2, 0), (3, 3, 1)])
+def test_pool_layer_equals_flax_max_pool(window, stride, padding):
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 11, 10, 4)), jnp.float32)
+    ours = PoolLayer(window, stride, padding).apply({}, x)
+    pad = ((padding, padding), (padding, padding))
+    np.testing.assert_array_equal(ours, nn.max_pool(x, (window,) * 2, (stride,) * 2, pad))
