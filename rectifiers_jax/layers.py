@@ -11,10 +11,35 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from rectifiers_jax import initializers
+
+
+@jax.custom_vjp
+def prelu(y: jnp.ndarray, a: jnp.ndarray) -> jnp.ndarray:
+    """f(y) = y if y > 0 else a * y (paper Eq. 1); `a` is a scalar or has y's last axis."""
+    return jnp.where(y > 0, y, a * y)
+
+
+def _prelu_fwd(y: jnp.ndarray, a: jnp.ndarray):
+    return prelu(y, a), (y, a)
+
+
+def _prelu_bwd(residuals, g: jnp.ndarray):
+    y, a = residuals
+    # dE/da (Eqs. 2, 3) as ones @ [positions, channels]: XLA:CPU runs this GEMV several times
+    # faster than the same sum as a reduction over the leading axes (strided columns).
+    negative = (g * jnp.minimum(y, 0)).reshape(-1, y.shape[-1])
+    ones = jnp.ones(negative.shape[0], negative.dtype)
+    da = jnp.dot(ones, negative, preferred_element_type=jnp.float32)
+    da = da.sum() if a.ndim == 0 else da
+    return jnp.where(y > 0, g, a * g), da.astype(a.dtype)
+
+
+prelu.defvjp(_prelu_fwd, _prelu_bwd)
 
 
 class PReLU(nn.Module):
@@ -42,7 +67,7 @@ class PReLU(nn.Module):
             )
         shape = () if self.shared else (y.shape[-1],)
         a = self.param("a", nn.initializers.constant(self.a_init), shape, jnp.float32)
-        return jnp.where(y > 0, y, a.astype(y.dtype) * y)
+        return prelu(y, a.astype(y.dtype))
 
 
 class LeakyReLU(nn.Module):
