@@ -30,13 +30,21 @@ def choose(name: str, value: str, valid: tuple[str, ...]) -> str:
     return value
 
 
+# `data=` choices of the ImageNet families: TFDS name and class count.
+DATASETS = {
+    "imagenet": ("imagenet2012", 1000),
+    "imagenette": ("imagenette/full-size-v2", 10),
+    "photos": ("photos", 10),
+}
+
+
 def set_imagenet(config: ml_collections.ConfigDict, dataset: str) -> None:
-    """ImageNet 2012 (1000 classes) or Imagenette (10 classes, for one-GPU users) through TFDS."""
+    """ImageNet 2012 (1000 classes), Imagenette (10 classes, for one-GPU users) or the offline
+    photos (10 classes at ImageNet sizes, rectifiers_jax.data.photos, prepared on first use under
+    data/tfds; for CPU checks of the full-width models) through TFDS."""
     config.data.source = "tfds"
-    config.data.name = {"imagenet": "imagenet2012", "imagenette": "imagenette/full-size-v2"}[
-        dataset
-    ]
-    config.data.data_dir = "~/tensorflow_datasets"
+    config.data.name = DATASETS[dataset][0]
+    config.data.data_dir = "data/tfds" if dataset == "photos" else "~/tensorflow_datasets"
     config.data.download = dataset == "imagenette"
     config.data.train_split = "train"
     config.data.eval_split = "validation"
@@ -44,7 +52,9 @@ def set_imagenet(config: ml_collections.ConfigDict, dataset: str) -> None:
     config.data.eval_resize = 256
     config.data.random_flip = True
     config.data.pca_lighting = 0.1
-    config.data.mean = "per_pixel"
+    # The photos have no stored per-pixel mean (`python -m rectifiers_jax.data mean` writes
+    # one); per_channel says so instead of falling back with a warning.
+    config.data.mean = "per_channel" if dataset == "photos" else "per_pixel"
     config.data.shuffle_buffer = 16384
     config.model.width = 1.0
     config.model.dropout_rate = 0.5

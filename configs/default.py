@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     # "fixed": fc_std as given; "full_width": each std rescaled so fan_in * std^2 equals the
     # paper's width-1 model's (CPU-scale analogues of the paper's deep models; see models.py).
     config.model.fc_std_scaling = "fixed"
+    # Constant factor on the input pixels (0..255 minus the mean) before conv1; 1.0 keeps the
+    # paper's [-128, 128] range (configs/net14.py and large.py choose it at full width).
+    config.model.input_scale = 1.0
     config.model.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()

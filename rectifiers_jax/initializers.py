@@ -95,11 +95,14 @@ def fixed_normal(std: float, scale: float = 1.0) -> Initializer:
 
 
 # name -> factory(scale, slope) -> Initializer. `slope` is the activation's initial negative
-# slope; only `he_prelu` (Eq. 15) uses it.
+# slope; only `he_prelu` (Eq. 15) and `he_prelu_fan_out` (Eq. 15's backward form,
+# 1/2 (1 + a^2) n_hat Var[w] = 1, as Eq. 14 is Eq. 10's) use it. With slope 0 (ReLU) they draw
+# exactly what `he_fan_in` and `he_fan_out` draw.
 _REGISTRY: dict[str, Callable[[float, float], Initializer]] = {
     "he_fan_in": lambda scale, slope: he_normal("fan_in", 0.0, scale),
     "he_fan_out": lambda scale, slope: he_normal("fan_out", 0.0, scale),
     "he_prelu": lambda scale, slope: he_normal("fan_in", slope, scale),
+    "he_prelu_fan_out": lambda scale, slope: he_normal("fan_out", slope, scale),
     "he_fan_in_truncated": lambda scale, slope: he_normal("fan_in", 0.0, scale, "truncated_normal"),
     "xavier": lambda scale, slope: xavier_normal(scale),
     "glorot_uniform": lambda scale, slope: glorot_uniform(scale),
@@ -110,7 +113,8 @@ NAMES: tuple[str, ...] = tuple(_REGISTRY)
 def get(name: str, *, scale: float = 1.0, slope: float = 0.0) -> Initializer:
     """Initializer by registry name, with its variance multiplied by `scale`.
 
-    `slope` is the activation's initial negative slope (0.25 for PReLU), used by `he_prelu`.
+    `slope` is the activation's initial negative slope (0.25 for PReLU), used by `he_prelu` and
+    `he_prelu_fan_out`.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown initializer {name!r}; valid: {', '.join(NAMES)}")

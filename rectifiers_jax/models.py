@@ -18,6 +18,10 @@ Choices where the paper is open (all are `build` options):
     A/B/C; we use the same for net14 and net30).
   * the last fc layer is initialised like the others unless `fc_std` is given (the paper's large
     models use 0.01, 0.01, 0.001 for fc1..fc3 because their inputs span about [-128, 128]).
+  * input scale (`input_scale`): a constant factor on the pixels before conv1. The paper feeds
+    0..255 minus the mean; He init carries that scale to the top layer, so with fixed fc stds
+    the logits' scale, and the last layer's sharpness (~ input_scale^2 / num_classes), depend
+    on it. The configs choose it per family and class count (configs/net14.py, large.py).
   * fixed fc stds at reduced width (`fc_std_scaling`): "fixed" uses them as given; "full_width"
     multiplies each by sqrt(n_full / n), n the fc layer's fan-in, so that n * Var[w] (the factor
     of Eq. 10 that sets a layer's gain) equals the paper's full-width model's. Fixed stds do not
@@ -86,9 +90,10 @@ FC_STD_SCALINGS = ("fixed", "full_width")
 class SPPNet(nn.Module):
     """Convs/pools -> SPP -> fc1 -> fc2 -> fc3 (logits), as in the paper's Tables 1 and 3.
 
-    Input `[B, H, W, 3]` float images; output `[B, num_classes]` float32 logits. The fields
-    mirror `config.model` (see `from_config`); `init_scheme` is `config.model.init`, renamed
-    because flax reserves `init` for the method.
+    Input `[B, H, W, 3]` float images (0..255 minus the mean); output `[B, num_classes]` float32
+    logits. `input_scale` multiplies the input before conv1 (1.0: the paper's pixel range).
+    The fields mirror `config.model` (see `from_config`); `init_scheme` is `config.model.init`,
+    renamed because flax reserves `init` for the method.
     """
 
     architecture: Architecture
@@ -100,6 +105,7 @@ class SPPNet(nn.Module):
     init_scale: float = 1.0
     layer_scales: tuple[tuple[str, float], ...] = ()
     fc_std: tuple[float, float, float] | None = None
+    input_scale: float = 1.0
     dropout_rate: float = 0.5
     spp_bins: str = "spp_net"
     pool_type: str = "max"
@@ -143,6 +149,8 @@ class SPPNet(nn.Module):
             lrelu_slope=self.lrelu_slope, a_init=self.a_init, probe_gradients=self.probe_gradients
         )
         x = x.astype(self.dtype)
+        if self.input_scale != 1.0:
+            x = x * jnp.asarray(self.input_scale, self.dtype)
         for index, layer in enumerate(self.architecture.layers):
             if valid_sizes is not None:
                 padded_max = isinstance(layer, Pool) and self.pool_type == "max"
@@ -363,7 +371,8 @@ def build(
         layer's fan_in * std^2 is the paper's full-width model's; see the module docstring).
       dtype: compute dtype of activations (float32 or bfloat16); parameters stay float32.
       **options: further `SPPNet` fields: init_scale, dropout_rate, lrelu_slope, a_init,
-        spp_bins ("spp_net" or "adaptive"), pool_type ("max" or "avg").
+        spp_bins ("spp_net" or "adaptive"), pool_type ("max" or "avg"), input_scale (a
+        constant factor on the input pixels; 1.0 = the paper's 0..255 minus the mean).
     """
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(NAMES)}")
@@ -394,6 +403,8 @@ def build(
         raise ValueError("fc_std_scaling='full_width' rescales fc_std, which is None; set fc_std")
     if not width > 0:
         raise ValueError(f"width multiplier must be > 0, got {width}")
+    if not options.get("input_scale", 1.0) > 0:
+        raise ValueError(f"model.input_scale must be > 0, got {options['input_scale']}")
     if not 0 <= options.get("dropout_rate", 0.5) < 1:
         raise ValueError(
             f"dropout_rate={options['dropout_rate']} is not valid; use a rate in [0, 1)"

@@ -12,18 +12,26 @@ from rectifiers_jax import models, parallel, train
 # (config argument, model name, activation, init, num_classes of its dataset)
 VARIANTS = [
     ("configs/default.py", "net14", "prelu", "he_fan_in", 10),
-    ("configs/net14.py:act=relu", "net14", "relu", "he_fan_in", 1000),
-    ("configs/net14.py:act=lrelu,slope=0.01", "net14", "lrelu", "he_fan_in", 1000),
-    ("configs/net14.py:act=lrelu,slope=0.25", "net14", "lrelu", "he_fan_in", 1000),
-    ("configs/net14.py:act=prelu_shared", "net14", "prelu_shared", "he_fan_in", 1000),
-    ("configs/net14.py:act=prelu", "net14", "prelu", "he_fan_in", 1000),
+    ("configs/net14.py:act=relu", "net14", "relu", "he_prelu", 1000),
+    ("configs/net14.py:act=lrelu,slope=0.01", "net14", "lrelu", "he_prelu", 1000),
+    ("configs/net14.py:act=lrelu,slope=0.25", "net14", "lrelu", "he_prelu", 1000),
+    ("configs/net14.py:act=prelu_shared", "net14", "prelu_shared", "he_prelu", 1000),
+    ("configs/net14.py:act=prelu", "net14", "prelu", "he_prelu", 1000),
     ("configs/net14.py:act=relu,init=xavier", "net14", "relu", "xavier", 1000),
     ("configs/net14.py:model=net30,act=relu,init=xavier", "net30", "relu", "xavier", 1000),
-    ("configs/net14.py:act=prelu,data=imagenette", "net14", "prelu", "he_fan_in", 10),
-    ("configs/large.py:model=a,act=relu", "model_a", "relu", "he_fan_out", 1000),
-    ("configs/large.py:model=a,act=prelu", "model_a", "prelu", "he_fan_out", 1000),
-    ("configs/large.py:model=b,act=prelu", "model_b", "prelu", "he_fan_out", 1000),
-    ("configs/large.py:model=c,act=prelu", "model_c", "prelu", "he_fan_out", 1000),
+    ("configs/net14.py:act=prelu,data=imagenette", "net14", "prelu", "he_prelu", 10),
+    (
+        "configs/net14.py:model=net30,act=relu,init=he_fan_in,data=photos",
+        "net30",
+        "relu",
+        "he_fan_in",
+        10,
+    ),
+    ("configs/large.py:model=a,act=relu", "model_a", "relu", "he_prelu_fan_out", 1000),
+    ("configs/large.py:model=a,act=prelu", "model_a", "prelu", "he_prelu_fan_out", 1000),
+    ("configs/large.py:model=b,act=prelu", "model_b", "prelu", "he_prelu_fan_out", 1000),
+    ("configs/large.py:model=c,act=prelu,data=photos", "model_c", "prelu", "he_prelu_fan_out", 10),
+    ("configs/large.py:model=b,act=relu,init=he_fan_out", "model_b", "relu", "he_fan_out", 1000),
     ("configs/large.py:model=b,act=relu,init=xavier", "model_b", "relu", "xavier", 1000),
     ("configs/cpu.py:model=net30,init=xavier", "net30", "relu", "xavier", 10),
     ("configs/cpu.py:model=model_b,init=he_fan_out", "model_b", "relu", "he_fan_out", 10),
@@ -57,6 +65,21 @@ def test_config_loads_and_builds_its_model(argument, name, activation, init, num
 def test_large_models_use_the_papers_fc_stds_and_lrelu_slope_reaches_the_model():
     assert load("configs/large.py:model=c").model.fc_std == (0.01, 0.01, 0.001)
     assert load("configs/net14.py:act=lrelu,slope=0.25").model.lrelu_slope == 0.25
+
+
+def test_input_scale_follows_the_class_count_and_photos_are_offline():
+    # The last layer's sharpness at init scales as input_scale^2 / C (see the configs' docstrings).
+    for family, scales in (("net14", (1 / 32, 1 / 256)), ("large", (1.0, 1 / 8))):
+        for data, scale in zip(("imagenet", "imagenette"), scales, strict=True):
+            assert load(f"configs/{family}.py:data={data}").model.input_scale == scale
+        photos = load(f"configs/{family}.py:data=photos")
+        assert photos.model.input_scale == scales[1]
+        assert (photos.data.name, photos.data.data_dir, photos.data.download) == (
+            "photos",
+            "data/tfds",
+            False,
+        )
+    assert load("configs/default.py").model.input_scale == 1.0  # the paper's raw pixels
 
 
 def test_cpu_scale_models_keep_the_full_width_fc_gain():

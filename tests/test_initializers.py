@@ -148,11 +148,12 @@ def test_fixed_normal_std(std, scale):
 # ---------------------------------------------------------------------------------------------
 # Registry
 
-# name -> expected std for CONV at slope 0.25 (only he_prelu uses the slope, Eq. 15)
+# name -> expected std for CONV at slope 0.25 (only the he_prelu forms use the slope, Eq. 15)
 REGISTRY_STD = {
     "he_fan_in": math.sqrt(2.0 / 576),
     "he_fan_out": math.sqrt(2.0 / 2304),
     "he_prelu": math.sqrt(2.0 / (1.0625 * 576)),
+    "he_prelu_fan_out": math.sqrt(2.0 / (1.0625 * 2304)),
     "he_fan_in_truncated": math.sqrt(2.0 / 576),
     "xavier": math.sqrt(1.0 / 576),
     "glorot_uniform": math.sqrt(2.0 / (576 + 2304)),
@@ -175,6 +176,15 @@ def test_registry_std_and_scale(name, scale):
 def test_registry_he_prelu_without_slope_is_he_fan_in():
     w = _draw(initializers.get("he_prelu"), CONV, 52)
     assert np.var(w) == pytest.approx(2.0 / 576, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("prelu", "relu"), [("he_prelu", "he_fan_in"), ("he_prelu_fan_out", "he_fan_out")]
+)
+def test_registry_he_prelu_forms_at_slope_zero_draw_the_relu_forms_exactly(prelu, relu):
+    key = jax.random.key(53)
+    a = initializers.get(prelu, slope=0.0)(key, CONV, jnp.float32)
+    np.testing.assert_array_equal(a, initializers.get(relu)(key, CONV, jnp.float32))
 
 
 def test_registry_unknown_name_lists_valid_names():

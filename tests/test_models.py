@@ -304,6 +304,19 @@ def test_init_scale_multiplies_variance():
         np.testing.assert_allclose(params[name]["kernel"], 2 * base[name]["kernel"], rtol=1e-6)
 
 
+def test_input_scale_multiplies_the_input_before_conv1():
+    model, params = small()
+    scaled, scaled_params = small(input_scale=0.125)
+    for name in params:  # the scale is a constant, not a parameter: the same draws
+        np.testing.assert_array_equal(scaled_params[name]["kernel"], params[name]["kernel"])
+    expected = model.apply({"params": params}, IMAGES * 0.125)
+    np.testing.assert_allclose(
+        scaled.apply({"params": params}, IMAGES), expected, rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="model.input_scale must be > 0"):
+        models.build("net14", input_scale=0.0)
+
+
 def test_layer_scales_touch_only_their_layer():
     _, base = small()
     _, params = small(layer_scales={"conv1": 9.0})

@@ -1,6 +1,6 @@
-"""Prepare the offline digits, or store a dataset's mean image beside it.
+"""Prepare an offline dataset (digits, photos), or store a dataset's mean image beside it.
 
-python -m rectifiers_jax.data prepare_digits --data_dir=data/tfds
+python -m rectifiers_jax.data prepare --dataset=photos --data_dir=data/tfds
 python -m rectifiers_jax.data mean --config=configs/default.py [--config.data.KEY=VALUE ...]
     [--max_examples=N]
 """
@@ -15,13 +15,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rectifiers_jax import cli
-from rectifiers_jax.data import digits, mean
+from rectifiers_jax.data import mean, offline, tfds_source
 
-COMMANDS = ("prepare_digits", "mean")
+COMMANDS = ("prepare", "mean")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
-_DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "prepare_digits: the TFDS data dir.")
+_DATASET = flags.DEFINE_string(
+    "dataset",
+    "sklearn_digits",
+    "prepare: NAME[/CONFIG] of an offline dataset: "
+    + ", ".join(tfds_source.OFFLINE_DATASETS)
+    + " (photos/tiny: the tests' size).",
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", "data/tfds", "prepare: the TFDS data dir.")
 _MAX_EXAMPLES = flags.DEFINE_integer(
     "max_examples", None, "mean: average only the first N training images."
 )
@@ -30,8 +37,13 @@ _MAX_EXAMPLES = flags.DEFINE_integer(
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m rectifiers_jax.data {'|'.join(COMMANDS)} [flags]")
-    if argv[1] == "prepare_digits":
-        print(digits.prepare_digits(_DATA_DIR.value))
+    if argv[1] == "prepare":
+        name, _, builder_config = _DATASET.value.partition("/")
+        if name not in tfds_source.OFFLINE_DATASETS:
+            valid = ", ".join(tfds_source.OFFLINE_DATASETS)
+            raise ValueError(f"--dataset={name!r} is not an offline dataset; valid: {valid}")
+        builder = tfds_source.OFFLINE_DATASETS[name]
+        print(offline.prepare(builder, _DATA_DIR.value, builder_config))
         return
     if _CONFIG.value is None:
         raise app.UsageError("mean needs --config=configs/FILE.py [--config.data.KEY=VALUE ...]")

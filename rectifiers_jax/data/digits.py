@@ -8,15 +8,10 @@ TFDS path as ImageNet; `tfds_source.open_tfds` prepares it on first use.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
-
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
+
+from rectifiers_jax.data import offline
 
 DIGITS_NAME = "sklearn_digits"
 DIGITS_VERSION = "1.0.0"
@@ -48,6 +43,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     this module twice cannot clash); prepare it with `prepare_digits`.
     """
 
+    name = DIGITS_NAME
     VERSION = tfds.core.Version(DIGITS_VERSION)
     # No checksums file to find; TFDS 4.9.10's lookup of one imports the undeclared
     # `importlib_resources` for builders inside a package (tensorflow/datasets#11212).
@@ -83,36 +79,10 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield int(i), {"image": pixels[i], "label": int(digits.target[i])}
 
 
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """An exclusive lock between processes on one machine; no-op for remote paths."""
-    if "://" in path:
-        yield
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_digits(data_dir: str) -> str:
     """Write scikit-learn's digits once as TFDS `sklearn_digits` under `data_dir`.
 
     Idempotent; concurrent callers on one machine wait for the first. No network access.
     Returns the prepared dataset directory `<data_dir>/sklearn_digits/1.0.0`.
     """
-    target = os.path.join(data_dir, DIGITS_NAME, DIGITS_VERSION)
-    if tf.io.gfile.exists(os.path.join(target, "dataset_info.json")):
-        return target
-    with _file_lock(os.path.join(data_dir, f".{DIGITS_NAME}.lock")):
-        builder = SklearnDigits(data_dir=data_dir)
-        if not builder.is_prepared():
-            logging.info("preparing %s under %s", DIGITS_NAME, data_dir)
-            builder.download_and_prepare(
-                download_dir=os.path.join(data_dir, "downloads"),
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-            )
-    return target
+    return offline.prepare(SklearnDigits, data_dir)

@@ -3,7 +3,7 @@
 `tfds.builder(name, data_dir=...)` finds the prepared files; when the builder code is not
 importable it reads them from their metadata alone (a read-only builder), so any prepared
 dataset works by name. Images stay encoded (`tfds.decode.SkipDecoding`); decoding happens in
-`preprocessing`. The offline datasets (`sklearn_digits`) are prepared on first use; with
+`preprocessing`. The offline datasets (`sklearn_digits`, `photos`) are prepared on first use; with
 `config.data.download`, a dataset whose builder downloads by itself (e.g. imagenette) is
 downloaded and prepared first. ImageNet always needs the manual steps in `IMAGENET_STEPS`.
 """
@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from rectifiers_jax.data import digits
+from rectifiers_jax.data import digits, offline, photos
 from rectifiers_jax.data.records import (
     DatasetInfo,
     DatasetNotFoundError,
@@ -34,8 +34,8 @@ IMAGENET_STEPS = (
     "for TPU pods build into (or copy the prepared imagenet2012/ folder to) a bucket and set "
     "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"
 )
-# Datasets this project writes itself, offline: name -> prepare(data_dir).
-OFFLINE_DATASETS = {digits.DIGITS_NAME: digits.prepare_digits}
+# Datasets this project writes itself, offline, on first use: name -> TFDS builder class.
+OFFLINE_DATASETS = {digits.DIGITS_NAME: digits.SklearnDigits, photos.NAME: photos.Photos}
 
 
 def base_name(name: str) -> str:
@@ -68,7 +68,8 @@ def open_tfds(name: str, data_dir: str, download: bool = False) -> tfds.core.Dat
         raise ValueError("config.data.name is empty; name a TFDS dataset, e.g. imagenet2012")
     base = base_name(name)
     if base in OFFLINE_DATASETS:
-        OFFLINE_DATASETS[base](data_dir)
+        builder_config = name.partition(":")[0].partition("/")[2]
+        offline.prepare(OFFLINE_DATASETS[base], data_dir, builder_config)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
