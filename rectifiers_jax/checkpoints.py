@@ -64,6 +64,12 @@ def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
 
 
 def _one_line(error: BaseException) -> str:
+    # orbax wraps tensorstore's reason (naming the array and the file) in a dump of its spec.
+    while "See full TensorStore details" in str(error):
+        cause = error.__cause__ or error.__context__
+        if cause is None:
+            break
+        error = cause
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else ""
     return f"{type(error).__name__}: {text[:300]}"

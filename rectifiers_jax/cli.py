@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # Exit codes of the tools (the training command uses all of them).
 EXIT_DONE = 0
@@ -80,18 +80,47 @@ def setup_logging(library_level: int = logging.WARNING) -> None:
         # parsing" warning.
         flags.FLAGS.mark_as_parsed()
     logging.getLogger("absl").addFilter(_QuietLibraries(library_level))
+    quiet_late_loop_callbacks()
 
 
-def exit_within(seconds: float, code: int) -> None:
-    """Guarantees the process ends within `seconds` with `code`, even if a library's non-daemon
-    threads (orbax's, after a failed write) would keep it alive at interpreter shutdown."""
+def fail_and_exit(error: BaseException | str, code: int, *, settle_seconds: float) -> NoReturn:
+    """Ends the process at once with `code`, the `error: ...` line the last thing it prints.
 
-    def end() -> None:
-        time.sleep(seconds)
-        sys.stderr.flush()
-        os._exit(code)
+    For errors after which a library's threads may misbehave (orbax's after a failed write
+    keep printing, then wait forever at interpreter exit; JAX's shutdown barrier waits for a
+    dead peer): the other threads get up to `settle_seconds` to finish, then the line is
+    printed and the process exits without the interpreter's shutdown. Callers record the
+    run's status before.
+    """
+    deadline = time.monotonic() + settle_seconds
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    sys.stdout.flush()
+    fail(error)
+    sys.stderr.flush()
+    os._exit(code)
 
-    threading.Thread(target=end, daemon=True, name="exit_within").start()
+
+def _is_closed_loop_callback(value: BaseException) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def quiet_late_loop_callbacks() -> None:
+    """Demotes to a debug log one known library message: after an orbax read or write fails,
+    tensorstore completes the operations still in flight and their callbacks find orbax's
+    event loop closed; tensorstore prints each `RuntimeError: Event loop is closed` with
+    `sys.excepthook`. The failure itself was reported by the caller; every other uncaught
+    exception still goes to the default hook."""
+    default_hook = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if _is_closed_loop_callback(value):
+            logging.debug("late callback after a failed checkpoint operation: %s", value)
+            return
+        default_hook(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def fail(error: BaseException | str) -> int:
@@ -172,7 +201,10 @@ def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
     absl_logging.set_verbosity(absl_logging.INFO)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").addFilter(_QuietLibraries(logging.WARNING))
+    quiet_late_loop_callbacks()
     try:
         app.run(main, flags_parser=parse)
     except BAD_INPUT as error:
-        sys.exit(fail(error))
+        # Without the interpreter's shutdown: orbax's callbacks still in flight after a failed
+        # restore would print their tracebacks after the line.
+        fail_and_exit(error, EXIT_BAD_INPUT, settle_seconds=0.0)

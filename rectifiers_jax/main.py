@@ -30,6 +30,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (else from env).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else from env).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    60,
+    "Multi-process: seconds without a peer's heartbeat before the other processes end.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_CODES = {
@@ -37,9 +42,10 @@ EXIT_CODES = {
     "preempted": cli.EXIT_PREEMPTED,
     "diverged": cli.EXIT_DIVERGED,
 }
-# After a failed checkpoint write, orbax's threads may wait forever at interpreter exit.
-FAILURE_EXIT_SECONDS = 30.0
-PEER_FAILURE_EXIT_SECONDS = 5.0
+# How long orbax's threads get to finish after a failed checkpoint write, and the other
+# threads after a peer failed, before the process ends with its one-line error.
+FAILURE_SETTLE_SECONDS = 10.0
+PEER_FAILURE_SETTLE_SECONDS = 1.0
 
 
 def main(argv: list[str]) -> int:
@@ -47,13 +53,13 @@ def main(argv: list[str]) -> int:
     1 failure (e.g. a checkpoint that cannot be written), 130 a second Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT_TIMEOUT.value
+    )
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except checkpoints.CheckpointSaveError as error:
-        cli.exit_within(FAILURE_EXIT_SECONDS, cli.EXIT_FAILURE)
-        cli.fail(error)
-        return cli.EXIT_FAILURE
+        cli.fail_and_exit(error, cli.EXIT_FAILURE, settle_seconds=FAILURE_SETTLE_SECONDS)
     except KeyboardInterrupt as error:
         cli.fail(error)
         return cli.EXIT_INTERRUPTED
@@ -62,9 +68,11 @@ def main(argv: list[str]) -> int:
             raise
         # A peer died or a collective failed: this process cannot go on, and JAX's shutdown
         # barrier at exit would wait for the dead peer.
-        cli.exit_within(PEER_FAILURE_EXIT_SECONDS, cli.EXIT_FAILURE)
-        cli.fail(f"process {jax.process_index()} stops: another process failed ({error})")
-        return cli.EXIT_FAILURE
+        cli.fail_and_exit(
+            f"process {jax.process_index()} stops: another process failed ({error})",
+            cli.EXIT_FAILURE,
+            settle_seconds=PEER_FAILURE_SETTLE_SECONDS,
+        )
     return EXIT_CODES[result["status"]]
 
 

@@ -96,11 +96,19 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    heartbeat_timeout_seconds: int | None = None,
 ) -> None:
-    """Start `jax.distributed` when the run spans several processes (`distributed_args`)."""
+    """Start `jax.distributed` when the run spans several processes (`distributed_args`).
+
+    `heartbeat_timeout_seconds` (JAX's default when None: 100 s) bounds how long a process
+    blocked on a dead peer waits: the coordination service then declares the peer dead and
+    ends the other processes with a message.
+    """
     args = distributed_args(coordinator_address, num_processes, process_id)
     if args is None:
         return
+    if heartbeat_timeout_seconds is not None:
+        args["heartbeat_timeout_seconds"] = heartbeat_timeout_seconds
     jax.distributed.initialize(**args)
     logging.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
