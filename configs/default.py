@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Same boundaries in update steps; when non-empty, overrides boundaries_epochs.
     config.optim.boundaries_steps = ()
     config.optim.decay_factor = 0.1
+    # Linear warm-up of the rate over the first warmup_epochs (not in the paper; 0 = none).
+    config.optim.warmup_epochs = 0.0
     # Plateau: patience in evaluations; min_delta in eval top-1 error percentage points; at most
     # max_drops drops (the paper's 1e-2 -> 1e-3 -> 1e-4 is 2).
     config.optim.plateau_patience = 2

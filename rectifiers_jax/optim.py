@@ -272,6 +272,11 @@ def check_config(optim_config: Any) -> None:
         ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
         ("weight_decay", math.isfinite(c.weight_decay) and c.weight_decay >= 0, "a number >= 0"),
         ("decay_factor", 0 < c.decay_factor <= 1, "in (0, 1]"),
+        (
+            "warmup_epochs",
+            c.warmup_epochs == 0 or (c.warmup_epochs > 0 and c.schedule != "plateau"),
+            "0, or > 0 with schedule 'steps' or 'constant' (a plateau rate is set by hand)",
+        ),
         ("plateau_patience", c.plateau_patience >= 1, "an integer >= 1"),
         ("plateau_min_delta", c.plateau_min_delta >= 0, "a number >= 0"),
         (
@@ -308,33 +313,44 @@ def schedule_boundaries(optim_config: Any, steps_per_epoch: float) -> tuple[int,
     return steps
 
 
+def warmup_steps(optim_config: Any, steps_per_epoch: float) -> int:
+    """Updates of the linear warm-up, `warmup_epochs * steps_per_epoch` rounded (0: none)."""
+    return int(round(float(optim_config.warmup_epochs) * steps_per_epoch))
+
+
 def make_schedule(optim_config: Any, steps_per_epoch: float) -> optax.Schedule:
     """Learning rate as a function of the update count, from `config.optim`.
 
     "steps": `learning_rate` times `decay_factor` per boundary passed (`schedule_boundaries`).
     "constant": `learning_rate`. "plateau": the initial `learning_rate` only; drops happen on the
     host (`PlateauTracker` + `set_learning_rate`), so read the live rate with
-    `get_learning_rate`.
+    `get_learning_rate`. With `warmup_epochs` (not the paper's; 0 by default) update k < W of
+    the W warm-up updates uses (k + 1) / W of the rate.
     """
     check_config(optim_config)
     lr = float(optim_config.learning_rate)
     if optim_config.schedule == "steps":
         boundaries = schedule_boundaries(optim_config, steps_per_epoch)
-        return optax.piecewise_constant_schedule(
+        schedule = optax.piecewise_constant_schedule(
             lr, {b: float(optim_config.decay_factor) for b in boundaries}
         )
-    return optax.constant_schedule(lr)
+    else:
+        schedule = optax.constant_schedule(lr)
+    warmup = warmup_steps(optim_config, steps_per_epoch)
+    if warmup == 0:
+        return schedule
+    return lambda count: schedule(count) * jnp.minimum(1.0, (count + 1) / warmup)
 
 
 def make_optimizer(optim_config: Any, steps_per_epoch: float) -> optax.GradientTransformation:
     """The whole optimiser from `config.optim` (see configs/default.py for the fields).
 
-    "steps" injects the schedule (rate read-only in the state); "constant" and "plateau" inject
-    a plain rate that `set_learning_rate` can change between steps.
+    "steps" (and any warm-up) injects the schedule (rate read-only in the state); "constant"
+    and "plateau" inject a plain rate that `set_learning_rate` can change between steps.
     """
     check_config(optim_config)
     learning_rate: float | optax.Schedule = float(optim_config.learning_rate)
-    if optim_config.schedule == "steps":
+    if optim_config.schedule == "steps" or warmup_steps(optim_config, steps_per_epoch):
         learning_rate = make_schedule(optim_config, steps_per_epoch)
     return momentum_sgd(
         learning_rate,

@@ -222,6 +222,29 @@ def test_optimizer_state_reports_the_rate_used_by_each_step():
         optim.set_learning_rate(state, 0.5)
 
 
+@pytest.mark.parametrize("schedule", ["steps", "constant"])
+def test_warmup_ramps_linearly_then_follows_the_schedule(schedule):
+    # 1.5 epochs of 4 steps: 6 warm-up updates at 1/6, 2/6, ..., 6/6 of the rate; "steps" then
+    # drops at epoch 2 (update 8) as without warm-up. Updates observed as in the test above.
+    cfg = _optim_config(
+        schedule=schedule,
+        learning_rate=0.06,
+        momentum=0.0,
+        weight_decay=0.0,
+        boundaries_epochs=(2, 3),
+        warmup_epochs=1.5,
+    )
+    tx = optim.make_optimizer(cfg, steps_per_epoch=4)
+    w = jnp.zeros(())
+    state = tx.init(w)
+    used = []
+    for _ in range(10):
+        updates, state = tx.update(jnp.ones(()), state, w)
+        used.append(-float(updates))
+    after = [0.06, 0.06, 0.006, 0.006] if schedule == "steps" else [0.06] * 4
+    assert used == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, *after], rel=1e-5)
+
+
 @pytest.mark.parametrize("schedule", optim.SCHEDULES)
 def test_get_learning_rate_for_every_schedule(schedule):
     tx = optim.make_optimizer(_optim_config(schedule=schedule, learning_rate=0.01), 5)
@@ -245,6 +268,8 @@ def test_get_learning_rate_for_every_schedule(schedule):
         ({"schedule": "plateau", "plateau_patience": 0}, "config.optim.plateau_patience"),
         ({"plateau_min_delta": -1.0}, "config.optim.plateau_min_delta"),
         ({"plateau_max_drops": -1}, "config.optim.plateau_max_drops"),
+        ({"warmup_epochs": -1.0}, "config.optim.warmup_epochs"),
+        ({"schedule": "plateau", "warmup_epochs": 1.0}, "config.optim.warmup_epochs"),
     ],
 )
 def test_make_optimizer_rejects_bad_config(overrides, field):
