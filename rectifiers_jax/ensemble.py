@@ -94,6 +94,22 @@ def combine(
     return {"protocol": protocol, **summarize(total / len(workdirs), labels), "members": members}
 
 
+def split_workdirs(text: str) -> list[str]:
+    """Run directories from a comma-separated list whose names may hold commas themselves
+    (the sweep tool's `variant=prelu,seed=0`): pieces are joined until they name a run."""
+    workdirs, pending = [], ""
+    for piece in text.split(","):
+        pending = f"{pending},{piece}" if pending else piece
+        if pending and epath.Path(pending).is_dir():
+            workdirs.append(pending)
+            pending = ""
+    if pending:
+        run_files.require_run_dir(pending)  # names the first piece that is no run directory
+    for workdir in workdirs:
+        run_files.require_run_dir(workdir)
+    return workdirs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(
         prog="python -m rectifiers_jax.ensemble", description=__doc__.splitlines()[0]
@@ -103,9 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--protocol", default="center", help=f"one of {', '.join(PROTOCOLS)}")
     parser.add_argument("--scales", help="shorter sides, e.g. 256,384,480 (default: each run's)")
     args = parser.parse_args(argv)
-    workdirs = [w for w in args.workdirs.split(",") if w]
-    for workdir in workdirs:
-        run_files.require_run_dir(workdir)
+    workdirs = split_workdirs(args.workdirs)
     scales = None
     if args.scales:
         try:

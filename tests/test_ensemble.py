@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -59,3 +60,14 @@ def test_ensemble_bad_input(tiny_run, tmp_path, capsys):
     missing = tmp_path / "missing"
     assert run_cli(ensemble.main, [f"--workdirs={tiny_run},{missing}", f"--out={tmp_path}"]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_workdirs_whose_names_hold_commas(tiny_run, tmp_path):
+    # The sweep tool names trials like `variant=prelu,seed=0`.
+    trials = [tmp_path / f"variant={v},seed=0" for v in ("relu", "prelu")]
+    for trial in trials:
+        shutil.copytree(tiny_run, trial)
+    text = ",".join([str(trials[0]), str(tiny_run), str(trials[1])])
+    assert ensemble.split_workdirs(text) == [str(trials[0]), str(tiny_run), str(trials[1])]
+    with pytest.raises(FileNotFoundError, match="variant=gelu,seed=0: no such run directory"):
+        ensemble.split_workdirs(f"{trials[0]},{tmp_path}/variant=gelu,seed=0")
