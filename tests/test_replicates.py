@@ -96,3 +96,14 @@ def test_cli_writes_arms_and_claims(sweep_dir, capsys):
     with pytest.raises(ValueError, match="replicate key 'trial' is not an axis"):
         sweep_table.main([str(sweep_dir), "--replicate_key=trial"])
     assert json.loads((sweep_dir / "sweep.json").read_text())["claims"][4]["stalls"]
+
+
+def test_a_diverged_trial_has_no_final_error(sweep_dir):
+    # ReLU seed 2 diverges after its evaluations: its last error (7.0) is no final error.
+    workdir = sweep_dir / "activation=relu,seed=2"
+    status = json.loads((workdir / "status.json").read_text())
+    (workdir / "status.json").write_text(json.dumps({**status, "status": "diverged"}))
+    summary, results = sweep_table.read_sweep(str(sweep_dir), num_classes=10)
+    arms = {arm.label: arm for arm in replicates.arms(summary, results, "seed")}
+    relu = arms["activation=relu"].summary("top1_error")
+    assert (relu.n, relu.mean) == (2, pytest.approx(5.5))

@@ -3,7 +3,8 @@
 An arm is one combination of a sweep's axes other than the replicate key (usually `seed`). Per
 arm and metric: n, mean, sample std and the 95% t-interval of the mean. Metrics of a trial:
 
-  top1_error         the last evaluation's top-1 error (%);
+  top1_error         the final top-1 error (%) of a trial that finished (done or stalled); a
+                     diverged or unfinished trial has none (the arm table counts outcomes);
   first_epoch_below  the first evaluated epoch whose top-1 error is below `threshold` (%); a
                      trial that never gets there counts as its last epoch + 1 (censored; the
                      arm table says how many were).
@@ -37,6 +38,8 @@ from rectifiers_jax.analysis.sweep_table import TrialResult
 METRICS = ("top1_error", "first_epoch_below")
 VERDICTS = ("reproduces", "contradicts", "inconclusive")
 CONFIDENCE = 0.95
+# Outcomes whose last evaluation is a final error (sweep_table's outcomes).
+FINISHED = ("done", "stalled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +82,8 @@ class Arm:
     def values(self, metric: str, threshold: float | None = None) -> tuple[list[float], int]:
         """(one value per replicate that has one, how many are censored stand-ins)."""
         if metric == "top1_error":
-            return [t.top1_error for t in self.trials if t.top1_error is not None], 0
+            finished = [t for t in self.trials if t.outcome in FINISHED]
+            return [t.top1_error for t in finished if t.top1_error is not None], 0
         if metric == "first_epoch_below":
             if threshold is None:
                 raise ValueError("first_epoch_below needs a threshold (percent top-1 error)")
