@@ -14,7 +14,7 @@ Command:
     python -m rectifiers_jax.main --config=configs/cpu.py:model=net30,init=xavier \
         --workdir=runs/fig3_xavier
 The README records the numbers these give (about 2 to 3 minutes a run on 2 CPU cores);
-`configs/sweeps/cpu_figures.py` runs Figs. 2 and 3 over three seeds.
+`configs/sweeps/cpu_figures.py` runs Figs. 2 and 3 over five seeds.
 
 The Table 2 rows (net14) are the main job (`configs/default.py`) with another activation or init.
 For the deep models of Figs. 2 and 3 (net30, model B) the paper's fixed fc stds (0.01, 0.01,
