@@ -52,13 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.model, activation=activation, width=args.width, fc_std=(0.01, 0.01, 0.001)
         )
         tx = optim.momentum_sgd(0.01, weight_decay=5e-4)
-        step = jax.jit(
-            train.make_train_step(model, tx, seed=0),
-            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-            out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-            donate_argnums=0,
-            compiler_options=parallel.compiler_options(),
-        )
+        step = train.jit_train_step(model, tx, 0, mesh)
         state = train.create_train_state(model, tx, 0, args.image_size, mesh)
         state, metrics = step(state, batch)  # compile outside the timing
         jax.block_until_ready(metrics)

@@ -119,13 +119,7 @@ class JaxTrain:
         # Ready before the compile is timed: the init runs asynchronously and would share the CPU.
         self.state = jax.block_until_ready(train.create_train_state(model, tx, 0, image_size, mesh))
         self.batch = batch
-        jitted = jax.jit(
-            train.make_train_step(model, tx, seed=0),
-            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-            out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-            donate_argnums=0,
-            compiler_options=parallel.compiler_options(),
-        )
+        jitted = train.jit_train_step(model, tx, 0, mesh)
         start = time.perf_counter()
         lowered = jitted.lower(self.state, batch)
         self.lower_s = time.perf_counter() - start

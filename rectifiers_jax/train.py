@@ -101,6 +101,20 @@ def make_train_step(model: models.SPPNet, tx: optax.GradientTransformation, seed
     return train_step
 
 
+def jit_train_step(
+    model: models.SPPNet, tx: optax.GradientTransformation, seed: int, mesh: jax.sharding.Mesh
+) -> Callable:
+    """`make_train_step` jitted as training runs it: the state replicated over `mesh` and
+    donated (updated in place), the batch split along 'data', the CPU compiler options."""
+    return jax.jit(
+        make_train_step(model, tx, seed),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+        donate_argnums=0,
+        compiler_options=parallel.compiler_options(),
+    )
+
+
 def _train_state_init(
     model: models.SPPNet, tx: optax.GradientTransformation, seed: int, image_size: int
 ) -> Callable[[], TrainState]:
@@ -432,13 +446,7 @@ def _train_loop(
     """Steps from `progress["step"]` to the end, a stop request or divergence, counting in
     `progress` (read by the caller if this raises); closes `ckpt`."""
     start_step = progress["step"]
-    train_step = jax.jit(
-        make_train_step(model, tx, config.seed),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-        donate_argnums=0,
-        compiler_options=parallel.compiler_options(),
-    )
+    train_step = jit_train_step(model, tx, config.seed, mesh)
     batches = input_pipeline.train_iterator(
         config.data,
         global_batch_size=config.train.global_batch_size,

@@ -266,13 +266,7 @@ def test_compiled_step_has_one_gradient_all_reduce_and_no_host_transfer():
         "image": jax.ShapeDtypeStruct((16, 80, 80, 3), jnp.float32, sharding=sharded),
         "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=sharded),
     }
-    step = jax.jit(
-        train.make_train_step(model, tx, 0),
-        in_shardings=(parallel.replicated(mesh), sharded),
-        out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
-    hlo = step.lower(state, batch).compile().as_text()
+    hlo = train.jit_train_step(model, tx, 0, mesh).lower(state, batch).compile().as_text()
     pattern = re.compile(r" (all-reduce|reduce-scatter|all-gather)(-start)?\(")
     collectives = [line for line in hlo.splitlines() if pattern.search(line)]
     # Operands are named, so a shape on a collective's line is its result's: any kernel's shape
