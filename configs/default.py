@@ -2,10 +2,11 @@
 
     python -m rectifiers_jax.main --config=configs/default.py --workdir=runs/default
 
-Hardware: sized for a 2-core CPU; about 3 minutes there. Expected: validation top-1 error
-below 5% (at least 95% accuracy). The digits (1,797 8x8 images, 10 classes) ship inside
-scikit-learn; the first run writes them once as a prepared TFDS dataset under
-`config.data.data_dir` and every run reads them back through the same TFDS path as ImageNet.
+Hardware: sized for a 2-core CPU; about 1.5 minutes there. Expected: validation top-1 error
+below 5% (at least 95% accuracy); the README gives the range over five seeds. The digits
+(1,797 8x8 images, 10 classes) ship inside scikit-learn; the first run writes them once as a
+prepared TFDS dataset under `config.data.data_dir` and every run reads them back through the
+same TFDS path as ImageNet.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.skip_corrupt = False
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.learning_rate = 0.01
+    # Half the paper's 0.01 (which the ImageNet configs keep, configs/common.py): at 0.01 this
+    # narrow net on the digits diverged in 8 of 30 seeded Table 2 trials (channel-wise PReLU in 3
+    # of 5 seeds), at 0.005 in none of 30 (README, "Table 2"; chosen after those runs).
+    config.optim.learning_rate = 0.005
     config.optim.momentum = 0.9
     config.optim.weight_decay = 5e-4
     config.optim.style = "caffe"

@@ -122,7 +122,7 @@ def test_preempted_run_resumes_bit_identical(digits_dir, tmp_path):
     assert {f"dead/{layer}" for layer in layers} <= set(last)
     assert last["eval/num_examples"] == 360
     assert 0 <= last["eval/top5_error"] <= last["eval/top1_error"] <= 100
-    assert last["learning_rate"] == pytest.approx(0.01)
+    assert last["learning_rate"] == pytest.approx(tiny_config(digits_dir).optim.learning_rate)
     config = json.loads((straight / "config.json").read_text())
     assert config["model"]["width"] == 0.0625
     assert json.loads((straight / "status.json").read_text())["status"] == "done"
@@ -227,6 +227,7 @@ def test_plateau_schedule_drops_the_rate_when_the_eval_error_stops_improving(dig
     config.optim.schedule = "plateau"
     config.optim.plateau_patience = 1
     config.optim.plateau_min_delta = 100.0  # no evaluation can improve by 100 points
+    config.optim.learning_rate = 0.01
     config.train.eval_every_epochs = 4 * 16 / 1437  # every 4 steps
     train.train_and_evaluate(config, str(tmp_path))
     rates = {r["step"]: r["learning_rate"] for r in read_jsonl(tmp_path / "metrics.jsonl")}

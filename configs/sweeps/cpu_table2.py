@@ -1,14 +1,16 @@
 """Table 2 at CPU scale: net14's six rectifier/init rows on the offline digits, five seeds each.
 
-    python -m launch.sweep configs/sweeps/cpu_table2.py --local
-    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/table2_cpu --replicate_key=seed
+    python -m launch.sweep configs/sweeps/cpu_table2.py:lr=0.01 --local    # the first sweep
     python -m launch.sweep configs/sweeps/cpu_table2.py:lr=0.005 --local   # the rerun, below
+    python -m rectifiers_jax.analysis.sweep_table runs/sweeps/table2_cpu_lr0.005 \
+        --replicate_key=seed
 
 30 trials of `configs/cpu.py:model=net14` (the main job's recipe, width 1/8, 30 epochs, centre
 evaluation on the 360 held-out digits), one per row and seed 0-4: ReLU, Leaky ReLU 0.01 and 0.25,
-PReLU channel-shared and channel-wise, ReLU with Xavier's init. Every row keeps the recipe that
-was tuned on channel-wise PReLU (learning rate, fc stds): the other rows are not tuned. Hardware:
-a 2-core CPU, about 1.5 minutes a trial.
+PReLU channel-shared and channel-wise, ReLU with Xavier's init. Every row keeps the main job's
+recipe (fc stds tuned on channel-wise PReLU): the other rows are not tuned. Without an argument
+the sweep runs at the main job's learning rate into `runs/sweeps/table2_cpu`. Hardware: a 2-core
+CPU, about 1.5 minutes a trial.
 
 Criterion, fixed before the runs: each claim below is the ordering of the paper's Table 2
 (ImageNet, 10-view top-1 error); a claim "reproduces" when the Welch 95% interval of the
@@ -17,10 +19,11 @@ side of 0, "contradicts" when it lies on the other side, and is "inconclusive" o
 (`rectifiers_jax.analysis.replicates`). The Leaky ReLU rows have no paper numbers here: they are
 reported, not judged.
 
-Rerun at half the learning rate (`:lr=0.005`, directory `runs/sweeps/table2_cpu_lr0.005`), chosen
-after seeing the first sweep: at lr 0.01, 8 of the 30 trials diverged (PReLU channel-wise 3 of 5,
-LReLU 0.25 4 of 5, channel-shared 1 of 5), which leaves the claims inconclusive. The same six
-rows, seeds and criterion; the first sweep stays reported beside it.
+The first sweep ran at lr 0.01, the main job's rate then (recorded as `runs/sweeps/table2_cpu`;
+`:lr=0.01` reruns it into `table2_cpu_lr0.01`): 8 of its 30 trials diverged (PReLU channel-wise 3
+of 5, LReLU 0.25 4 of 5, channel-shared 1 of 5), which left every claim inconclusive. The rerun
+at half the rate (`:lr=0.005`, chosen after seeing that; now the main job's rate too) has the
+same six rows, seeds and criterion; the first sweep stays reported beside it.
 """
 
 from __future__ import annotations
