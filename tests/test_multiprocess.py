@@ -48,7 +48,7 @@ def launch(workdir: Path, data_dir: Path) -> list[subprocess.Popen]:
         "--config.train.eval_batch_size=64", f"--config.train.num_steps={STEPS}",
         "--config.train.log_every_steps=2", "--config.train.checkpoint_every_steps=100",
         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-        "--heartbeat_timeout_seconds=10",
+        "--heartbeat_timeout_seconds=20",
     ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return [
@@ -140,7 +140,7 @@ def test_preemption_of_one_process_stops_both_then_they_resume_and_match_one_pro
 def test_a_killed_process_ends_its_peer_with_a_message(tmp_path):
     """Two ways out, both bounded: a collective that reads from the dead peer fails at once
     (our one line, status "failed"); a process blocked elsewhere is ended by JAX's
-    coordination service after the heartbeat timeout (10 s here) with its fatal message, and
+    coordination service after the heartbeat timeout (20 s here) with its fatal message, and
     the status then reads "dead" (no live process holds the workdir)."""
     workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
     digits.prepare_digits(str(data_dir))
