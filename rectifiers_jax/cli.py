@@ -102,25 +102,22 @@ def fail_and_exit(error: BaseException | str, code: int, *, settle_seconds: floa
     os._exit(code)
 
 
-def _is_closed_loop_callback(value: BaseException) -> bool:
-    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-
-
 def quiet_late_loop_callbacks() -> None:
     """Demotes to a debug log one known library message: after an orbax read or write fails,
     tensorstore completes the operations still in flight and their callbacks find orbax's
-    event loop closed; tensorstore prints each `RuntimeError: Event loop is closed` with
-    `sys.excepthook`. The failure itself was reported by the caller; every other uncaught
-    exception still goes to the default hook."""
-    default_hook = sys.excepthook
+    event loop closed; tensorstore reports each `RuntimeError: Event loop is closed` as
+    unraisable (`sys.unraisablehook`, a bare traceback). The failure itself was reported by the
+    caller; every other unraisable exception still goes to the default hook."""
+    default_hook = sys.unraisablehook
 
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if _is_closed_loop_callback(value):
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             logging.debug("late callback after a failed checkpoint operation: %s", value)
             return
-        default_hook(kind, value, tb)
+        default_hook(unraisable)
 
-    sys.excepthook = hook
+    sys.unraisablehook = hook
 
 
 def fail(error: BaseException | str) -> int:

@@ -280,3 +280,25 @@ def test_damaged_checkpoint_names_step_and_an_older_one_resumes(digits_dir, tmp_
     assert (workdir / "checkpoints_set_aside" / "8").is_dir()
     kept = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert kept == [4, 8, 12]
+
+
+def test_late_loop_callbacks_are_quiet_and_other_unraisable_errors_are_not(monkeypatch):
+    # tensorstore reports its callbacks' errors after a failed orbax operation as unraisable.
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable))
+    cli.quiet_late_loop_callbacks()
+
+    class RaisesOnDelete:
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    RaisesOnDelete(RuntimeError("Event loop is closed"))
+    RaisesOnDelete(RuntimeError("another error"))
+    RaisesOnDelete(ValueError("Event loop is closed"))
+    assert [repr(u.exc_value) for u in seen] == [
+        "RuntimeError('another error')",
+        "ValueError('Event loop is closed')",
+    ]
