@@ -66,21 +66,29 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= self.level or not any(p in record.pathname for p in self.PATHS)
 
 
+def _quiet_library_output(library_level: int) -> None:
+    """INFO logs; orbax/TFDS/JAX records below `library_level`, TensorFlow's C++ start-up
+    notices and tensorstore's late-callback tracebacks dropped (every tool, argparse or absl)."""
+    from absl import logging as absl_logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger("absl").addFilter(_QuietLibraries(library_level))
+    quiet_late_loop_callbacks()
+
+
 def setup_logging(library_level: int = logging.WARNING) -> None:
     """INFO logs through absl's handler; orbax/TFDS/JAX records below `library_level` and
     TensorFlow's C++ start-up notices dropped."""
     from absl import flags
     from absl import logging as absl_logging
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    absl_logging.set_verbosity(absl_logging.INFO)
+    _quiet_library_output(library_level)
     absl_logging.use_absl_handler()
     if not flags.FLAGS.is_parsed():
         # argparse tools parse their own flags: this stops absl's "logging before flag
         # parsing" warning.
         flags.FLAGS.mark_as_parsed()
-    logging.getLogger("absl").addFilter(_QuietLibraries(library_level))
-    quiet_late_loop_callbacks()
 
 
 def fail_and_exit(error: BaseException | str, code: int, *, settle_seconds: float) -> NoReturn:
@@ -186,7 +194,6 @@ def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
     """`absl.app.run(main)` for the tools with `--config` files: a flag that cannot be parsed,
     like any other bad input, ends with one `error: ...` line and `EXIT_BAD_INPUT`."""
     from absl import app, flags
-    from absl import logging as absl_logging
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -195,10 +202,7 @@ def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
         except (flags.Error, SyntaxError, AttributeError, KeyError, *BAD_INPUT) as error:
             sys.exit(fail(flag_error_line(error)))
 
-    absl_logging.set_verbosity(absl_logging.INFO)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("absl").addFilter(_QuietLibraries(logging.WARNING))
-    quiet_late_loop_callbacks()
+    _quiet_library_output(logging.WARNING)
     try:
         app.run(main, flags_parser=parse)
     except BAD_INPUT as error:
