@@ -15,7 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rectifiers_jax import cli
-from rectifiers_jax.data import mean, offline, tfds_source
+from rectifiers_jax.data import mean, tfds_source
 
 COMMANDS = ("prepare", "mean")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,12 +38,11 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m rectifiers_jax.data {'|'.join(COMMANDS)} [flags]")
     if argv[1] == "prepare":
-        name, _, builder_config = _DATASET.value.partition("/")
+        name = tfds_source.base_name(_DATASET.value)
         if name not in tfds_source.OFFLINE_DATASETS:
             valid = ", ".join(tfds_source.OFFLINE_DATASETS)
             raise ValueError(f"--dataset={name!r} is not an offline dataset; valid: {valid}")
-        builder = tfds_source.OFFLINE_DATASETS[name]
-        print(offline.prepare(builder, _DATA_DIR.value, builder_config))
+        print(tfds_source.prepare_offline(_DATASET.value, _DATA_DIR.value))
         return
     if _CONFIG.value is None:
         raise app.UsageError("mean needs --config=configs/FILE.py [--config.data.KEY=VALUE ...]")

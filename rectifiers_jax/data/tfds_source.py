@@ -43,6 +43,13 @@ def base_name(name: str) -> str:
     return name.partition(":")[0].partition("/")[0]
 
 
+def prepare_offline(name: str, data_dir: str) -> str:
+    """Write the offline dataset 'name[/config][:version]' (its base name one of
+    `OFFLINE_DATASETS`) once under `data_dir`; returns its prepared directory."""
+    builder_config = name.partition(":")[0].partition("/")[2]
+    return offline.prepare(OFFLINE_DATASETS[base_name(name)], data_dir, builder_config)
+
+
 def _missing(name: str, data_dir: str, why: str) -> DatasetNotFoundError:
     base = base_name(name)
     if base.startswith("imagenet2012"):
@@ -68,8 +75,7 @@ def open_tfds(name: str, data_dir: str, download: bool = False) -> tfds.core.Dat
         raise ValueError("config.data.name is empty; name a TFDS dataset, e.g. imagenet2012")
     base = base_name(name)
     if base in OFFLINE_DATASETS:
-        builder_config = name.partition(":")[0].partition("/")[2]
-        offline.prepare(OFFLINE_DATASETS[base], data_dir, builder_config)
+        prepare_offline(name, data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
