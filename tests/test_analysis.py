@@ -1,4 +1,4 @@
-"""rectifiers_jax.analysis: slopes, dead units, curves, report and the paper's numbers.
+"""rectifiers_jax.analysis: slopes, dead units, curves, report, trend and the paper's numbers.
 
 Most runs are fabricated (config.json, metrics.jsonl, a checkpoint of parameters chosen here),
 so the expected numbers come from NumPy; `tiny_run` (conftest) is one real 4-step run.
@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.stats
 import support
-from support import fabricate_run, run_cli, synthetic_params
+from support import fabricate_run, run_cli, synthetic_params, write_run
 
 from configs import default
 from rectifiers_jax import checkpoints, models
-from rectifiers_jax.analysis import curves, dead_units, paper, report, slopes
+from rectifiers_jax.analysis import curves, dead_units, paper, report, slopes, trend
 from rectifiers_jax.data import input_pipeline, mean
 
 NUM_CLASSES = 10  # the digits
@@ -387,3 +388,67 @@ def test_report_bad_input(tmp_path, capsys):
     (run / "eval_center.json").write_text("{not json")
     assert run_cli(report.main, [str(run)]) == 2
     assert "eval_center.json is not valid JSON" in one_line_error(capsys)
+
+
+# ----------------------------------------------------------------------------------------------
+# trend
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "p"), [(0, 10, 0.1), (3, 10, 0.1), (35, 200, 0.1), (51, 200, 0.1), (7, 7, 0.5)]
+)
+def test_binomial_tail_matches_scipy(k, n, p):
+    assert trend.binomial_tail(k, n, p) == pytest.approx(
+        scipy.stats.binom.sf(k - 1, n, p), rel=1e-9
+    )
+
+
+def _short_run(losses: list[float], eval_error: float, status: str = "done") -> list[dict]:
+    """Per-step train losses, then one evaluation of 200 examples at the last step."""
+    records = [{"step": i + 1, "train/loss": loss} for i, loss in enumerate(losses)]
+    records.append(
+        {
+            "step": len(losses),
+            "eval/top1_error": eval_error,
+            "eval/loss": 2.0,
+            "eval/num_examples": 200,
+        }
+    )
+    return records
+
+
+def test_trend_verdicts_follow_the_stated_rule(tmp_path, capsys):
+    falling = [2.3 - 0.01 * i for i in range(30)]
+    cases = {
+        # 200 examples, 10 classes: 35 correct (82.5% error) gives p = 0.00078, 34 gives 0.0015.
+        "learns": (falling, 82.5, "done"),
+        "at_the_edge": (falling, 83.0, "done"),
+        "loss_rose": (falling[::-1], 50.0, "done"),
+        "cut_short": (falling, 50.0, "running"),
+        "diverged": (falling, 90.0, "diverged"),
+    }
+    for name, (losses, error, status) in cases.items():
+        write_run(str(tmp_path / name), status, _short_run(losses, error), num_classes=10)
+    rows = {name: trend.trend(tmp_path / name) for name in cases}
+    assert {name: row["verdict"] for name, row in rows.items()} == {
+        "learns": "learns",
+        "at_the_edge": "no signal",
+        "loss_rose": "no signal",
+        "cut_short": "no signal",
+        "diverged": "diverged",
+    }
+    assert rows["learns"]["loss_first"] == pytest.approx(np.mean(falling[:10]))
+    assert rows["learns"]["loss_last"] == pytest.approx(np.mean(falling[-10:]))
+    assert rows["learns"]["p_value"] == pytest.approx(scipy.stats.binom.sf(34, 200, 0.1))
+    out = tmp_path / "trend.json"
+    assert run_cli(trend.main, [str(tmp_path / "learns"), "--markdown", "--json", str(out)]) == 0
+    assert "| learns |" in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["verdict"] == "learns"
+
+
+def test_trend_bad_input(tmp_path, capsys):
+    write_run(str(tmp_path / "run"), "done", _short_run([2.3] * 20, 50.0), num_classes=None)
+    assert run_cli(trend.main, [str(tmp_path / "run")]) == 2
+    assert "names no model.num_classes" in one_line_error(capsys)
+    assert run_cli(trend.main, [str(tmp_path / "run"), "--window", "0"]) == 2
+    assert "--window=0 is not valid" in one_line_error(capsys)
