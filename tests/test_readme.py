@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from rectifiers_jax.analysis import variance
+from rectifiers_jax.analysis import trend, variance
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -43,3 +43,11 @@ def test_the_variance_figures_in_the_readme_regenerate():
     result = variance.measure("net30", ["he_fan_in", "xavier"])
     for line in variance.summary_lines(result):
         assert line in README, line
+
+
+def test_the_full_width_table_in_the_readme_regenerates(capsys):
+    runs = sorted(str(p) for p in (ROOT / "docs" / "experiments" / "fullwidth" / "runs").iterdir())
+    assert trend.main([*runs, "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table.count("\n") == len(runs) + 1
+    assert table in README
