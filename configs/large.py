@@ -10,7 +10,8 @@ Fig. 2 (model B, 22 layers, ReLU): both converge, He starts reducing the error e
     configs/large.py:model=b,act=relu,init=xavier
 `data=imagenette` runs the same family on TFDS Imagenette (10 classes) on one GPU; `data=photos`
 on the offline 10-class photos (rectifiers_jax.data.photos), a CPU check that the full-width models
-start and train (add --config.train.global_batch_size=8 --config.train.num_steps=100).
+start and train (add --config.train.global_batch_size=8 --config.train.num_steps=100
+--config.optim.learning_rate=0.0025, the README's "Full width" rows: 0.01 x sqrt(8/128)).
 
 Command (TPU pod: see launch/tpu_pod.sh; data and workdir on a bucket):
     python -m rectifiers_jax.main --config=configs/large.py:model=a,act=prelu \
