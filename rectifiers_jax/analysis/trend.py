@@ -6,11 +6,12 @@
 For checks such as "the full-width model trains for 100 steps" (README, "Full width"), where a
 batch of 8 makes single-step losses too noisy to read by eye. Per run: status and step
 (`status.json`), the mean training loss over the first and the last `--window` logged steps,
-every evaluation's top-1 error and loss, and a verdict by a rule fixed before the runs:
+every evaluation's top-1 error and loss, and a verdict by this rule:
 
-    learns     status done; the last window's mean loss below the first window's; and the last
-               evaluation's correct count k of n above chance, one-sided exact binomial
-               P(X >= k | n, 1/C) < alpha (C classes, from the run's config)
+    learns     status done; at least two windows of logged steps, the last window's mean loss
+               below the first window's; and the last evaluation's correct count k of n above
+               chance, one-sided exact binomial P(X >= k | n, 1/C) < alpha (C classes, from
+               the run's config)
     diverged   status diverged (the loop stopped on a non-finite loss)
     no signal  anything else: finished but not measurably better than chance, or unfinished
 
@@ -110,7 +111,8 @@ def _display(row: dict[str, Any]) -> dict[str, Any]:
     """A row for the tables: evaluations as "step: error% (loss)", the p-value in e-notation."""
     shown = {k: v for k, v in row.items() if k not in ("evals", "p_value")}
     shown["evals"] = "; ".join(
-        f"{e['step']}: {e['top1_error']:.1f}%" + (f" ({e['loss']:.2f})" if e["loss"] else "")
+        f"{e['step']}: {e['top1_error']:.1f}%"
+        + (f" ({e['loss']:.2f})" if e["loss"] is not None else "")
         for e in row["evals"]
     )
     shown["p_value"] = None if row["p_value"] is None else f"{row['p_value']:.1e}"
