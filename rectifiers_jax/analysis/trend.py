@@ -33,7 +33,6 @@ from rectifiers_jax.analysis import tables
 
 DEFAULT_WINDOW = 10
 DEFAULT_ALPHA = 1e-3
-VERDICTS = ("learns", "diverged", "no signal")
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -51,7 +50,8 @@ def trend(
     workdir: str | epath.PathLike, window: int = DEFAULT_WINDOW, alpha: float = DEFAULT_ALPHA
 ) -> dict[str, Any]:
     """One row: run, model, activation, init, status, step, loss windows, the evaluations
-    (`evals`: step, top-1 error %, loss), the last one's binomial p-value and the verdict."""
+    (`evals`: step, top-1 error %, loss, examples), the last one's binomial p-value and the
+    verdict."""
     if window < 1:
         raise ValueError(f"--window={window} is not valid; use an integer >= 1")
     if not 0 < alpha < 1:
@@ -64,7 +64,12 @@ def trend(
     records = run_files.read_metrics(workdir)
     losses = [r["train/loss"] for r in records if r.get("train/loss") is not None]
     evals = [
-        {"step": r["step"], "top1_error": r["eval/top1_error"], "loss": r.get("eval/loss")}
+        {
+            "step": r["step"],
+            "top1_error": r["eval/top1_error"],
+            "loss": r.get("eval/loss"),
+            "num_examples": int(r["eval/num_examples"]),
+        }
         for r in records
         if r.get("eval/top1_error") is not None
     ]
@@ -72,9 +77,8 @@ def trend(
     first, last = _mean(losses[:window]), _mean(losses[-window:])
     p_value = None
     if evals:
-        final = next(r for r in reversed(records) if r.get("eval/top1_error") is not None)
-        n = int(final["eval/num_examples"])
-        correct = round(n * (1 - final["eval/top1_error"] / 100))
+        n = evals[-1]["num_examples"]
+        correct = round(n * (1 - evals[-1]["top1_error"] / 100))
         p_value = binomial_tail(correct, n, 1 / classes)
     if status.get("status") == "diverged":
         verdict = "diverged"
