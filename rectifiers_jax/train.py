@@ -32,7 +32,16 @@ import optax
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from rectifiers_jax import checkpoints, metrics, models, optim, parallel, preemption, run_files
+from rectifiers_jax import (
+    checkpoints,
+    layers,
+    metrics,
+    models,
+    optim,
+    parallel,
+    preemption,
+    run_files,
+)
 from rectifiers_jax.data import input_pipeline, mean, preprocessing, sources
 from rectifiers_jax.evaluators.evaluator import PROTOCOLS, Evaluator
 
@@ -94,7 +103,7 @@ def make_train_step(model: models.SPPNet, tx: optax.GradientTransformation, seed
         }
         for layer, captured in responses.items():
             response = captured["response"][0]
-            never_positive = jnp.max(response, axis=tuple(range(response.ndim - 1))) <= 0
+            never_positive = layers.reduce_over_positions(response, "max") <= 0
             step_metrics[f"dead/{layer}"] = jnp.mean(never_positive.astype(jnp.float32))
         return TrainState(state.step + 1, params, opt_state), step_metrics
 

@@ -22,6 +22,8 @@ from rectifiers_jax.layers import (
     PReLU,
     ReLU,
     SpatialPyramidPooling,
+    add_bias,
+    reduce_over_positions,
     spp_bin_edges,
     tiled_max_pool,
 )
@@ -164,6 +166,33 @@ def test_prelu_rejects_scalar_input():
 
 # ---------------------------------------------------------------------------------------------
 # LeakyReLU and ReLU
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (3, 35, 35, 16), (2, 17, 6, 256)], ids=str)
+def test_reduce_over_positions_matches_numpy(shape):
+    """Sums (float32, also of bfloat16 input) and maxima over every axis but the channels."""
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    axes = tuple(range(x.ndim - 1))
+    total = reduce_over_positions(jnp.asarray(x))
+    assert total.shape == (shape[-1],) and total.dtype == jnp.float32
+    np.testing.assert_allclose(total, x.astype(np.float64).sum(axes), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(reduce_over_positions(jnp.asarray(x), "max"), x.max(axes))
+    low = jnp.asarray(x, jnp.bfloat16)
+    reference = np.asarray(low.astype(jnp.float32), np.float64).sum(axes)
+    np.testing.assert_allclose(reduce_over_positions(low), reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: f"rank{len(s)}")
+def test_bias_gradient_is_the_sum_of_the_output_gradient_over_positions(shape):
+    rng = np.random.default_rng(7)
+    y, g = rng.standard_normal((2, *shape)).astype(np.float32)
+    bias = rng.standard_normal(shape[-1]).astype(np.float32)
+    out, vjp = jax.vjp(add_bias, jnp.asarray(y), jnp.asarray(bias))
+    np.testing.assert_allclose(out, y + bias, rtol=1e-6)
+    dy, dbias = vjp(jnp.asarray(g))
+    np.testing.assert_array_equal(dy, g)
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(dbias, g.astype(np.float64).sum(axes), rtol=1e-5, atol=1e-5)
 
 
 def test_leaky_relu_has_no_params_and_default_slope_001():

@@ -474,7 +474,7 @@ def _numpy_conv(x: np.ndarray, kernel: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("kernel_size", "pad"), [(2, 1), (2, 0), (3, 1)])
+@pytest.mark.parametrize(("kernel_size", "pad"), [(2, 1), (2, 0), (3, 1), (3, 2), (2, 2)])
 def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_size, pad):
     """The pad-then-VALID lowering of net14's 2x2 pad-1 convs computes the same function.
 
