@@ -165,7 +165,7 @@ def test_prelu_rejects_scalar_input():
 
 
 # ---------------------------------------------------------------------------------------------
-# LeakyReLU and ReLU
+# Reductions over positions (bias and dE/da gradients, dead units)
 
 
 @pytest.mark.parametrize("shape", [*SHAPES, (3, 35, 35, 16), (2, 17, 6, 256)], ids=str)
@@ -193,6 +193,10 @@ def test_bias_gradient_is_the_sum_of_the_output_gradient_over_positions(shape):
     np.testing.assert_array_equal(dy, g)
     axes = tuple(range(len(shape) - 1))
     np.testing.assert_allclose(dbias, g.astype(np.float64).sum(axes), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# LeakyReLU and ReLU
 
 
 def test_leaky_relu_has_no_params_and_default_slope_001():

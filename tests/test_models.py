@@ -476,7 +476,8 @@ def _numpy_conv(x: np.ndarray, kernel: np.ndarray, pad: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("kernel_size", "pad"), [(2, 1), (2, 0), (3, 1), (3, 2), (2, 2)])
 def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_size, pad):
-    """The pad-then-VALID lowering of net14's 2x2 pad-1 convs computes the same function.
+    """The lowerings of convs padded by >= k - 1 pixels compute the same function: `full_conv`
+    (pad = k - 1, net14's 2x2 pad-1 convs, with its own input gradient) and pad-then-VALID.
 
     Forward against a NumPy convolution; gradients (input and kernel) against the same layer
     written as one explicitly padded `lax.conv_general_dilated`, the pre-fix formulation.
