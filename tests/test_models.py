@@ -509,6 +509,28 @@ def test_padded_conv_matches_the_direct_convolution_and_its_gradients(kernel_siz
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_no_kernel_gradient_of_net14_is_a_padded_convolution():
+    """The padding pathology stays fixed: in the HLO that net14's gradient hands to XLA, every
+    kernel-gradient convolution (a window the size of a feature map) has no window padding.
+
+    Autodiff of a conv padded by k - 1 pixels emits its kernel gradient with window padding
+    (36x36 pad=1_1), which XLA:CPU runs ~15x slower than on an explicitly padded input;
+    conv1's crop (negative padding) is fine.
+    """
+    model = models.build("net14", activation="prelu", width=1 / 8)
+    x = jnp.zeros((2, 224, 224, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    grad = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x).sum()))
+    hlo = grad.lower(params).as_text(dialect="hlo")
+    windows = re.findall(r"convolution\(.*window=\{size=(\d+)x\d+([^}]*)\}", hlo)
+    kernel_gradients = [(size, rest) for size, rest in windows if int(size) > 7]
+    assert len(kernel_gradients) == 11  # conv1 and the ten 2x2 convs
+    for size, rest in kernel_gradients:
+        pads = re.search(r"pad=(\S+)", rest)
+        padded = pads is not None and re.search(r"(?<![-\d])[1-9]", pads.group(1))
+        assert not padded, f"a kernel gradient with window padding: window={{size={size}{rest}}}"
+
+
 def test_init_returns_only_params_and_applies_at_other_sizes():
     """The standard Flax idiom works: init at 224, apply at 256 and 320 (SPP's point)."""
     model = models.build("net14", activation="prelu")
