@@ -12,7 +12,9 @@ Fig. 3 (ReLU, 27 conv + 3 fc): He converges (38.56 / 16.59), Xavier stalls:
     configs/net14.py:model=net30,act=relu,init=xavier
 `data=imagenette` runs the same family on TFDS Imagenette (10 classes) on one GPU; `data=photos`
 on the offline 10-class photos (rectifiers_jax.data.photos), a CPU check that the full-width models
-start and train (add --config.train.global_batch_size=16 --config.train.num_steps=100).
+start and train (add --config.train.global_batch_size=16 --config.train.num_steps=100; for net30
+also --config.optim.learning_rate=0.00125 = 0.01 x 16/128: it collapsed at 0.01 and 0.0035, see the
+README's "Full width").
 
 Command (one host or a pod; add `--config.data.data_dir=gs://...` on TPU):
     python -m rectifiers_jax.main --config=configs/net14.py:act=prelu --workdir=runs/net14_prelu
